@@ -1,0 +1,345 @@
+//! One caller's stream inside a link, as `AsyncRead + AsyncWrite`.
+//!
+//! Back-pressure is the traits' own: `poll_write` is pending while the
+//! channel's outgoing queue is over high water or the remote has sent PAUSE,
+//! and bytes that arrive faster than `poll_read` takes them wait in the
+//! channel's incoming queue, which sends PAUSE to the remote at high water
+//! and RESUME once drained. The protocol has no half-close: shutting down
+//! (or dropping) a channel sends CLOSE, after any data already queued.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frame::{ChannelId, Flow, HEADER_SIZE};
+use super::multiplexer::Link;
+use super::queue::{OutFrame, PushError};
+
+/// How a channel's incoming side ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEnd {
+    /// CLOSE received, or closed locally: EOF after the queued data.
+    Closed,
+    /// The link died or the channel was torn down abnormally (queue
+    /// overflow, decrypt failure, timeout): reads fail, so applications do
+    /// not mistake a truncated stream for a complete one.
+    Aborted(String),
+}
+
+#[derive(Default)]
+struct Incoming {
+    queue: VecDeque<Bytes>,
+    /// Accounted bytes: 32 per queued message plus its unread payload.
+    bytes: usize,
+    /// We sent PAUSE and owe the remote a RESUME.
+    paused: bool,
+    end: Option<ChannelEnd>,
+    waker: Option<Waker>,
+}
+
+/// State shared between a [`Channel`] handle and its link's reader task.
+pub(crate) struct ChannelShared {
+    pub id: ChannelId,
+    pub peer_ip: IpAddr,
+    incoming: Mutex<Incoming>,
+}
+
+/// What the reader task did with a received DATA.
+pub(crate) enum Delivery {
+    Queued,
+    /// Over the high watermark: send PAUSE.
+    QueuedPause,
+    /// At the cap: the channel is unhealthy and must be closed.
+    Overflow,
+    /// The channel already ended; drop the data.
+    Ended,
+}
+
+impl ChannelShared {
+    pub fn new(id: ChannelId, peer_ip: IpAddr) -> Arc<Self> {
+        Arc::new(ChannelShared {
+            id,
+            peer_ip,
+            incoming: Mutex::new(Incoming::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Incoming> {
+        self.incoming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue received payload; `high`/`cap` in accounted bytes. `can_pause`
+    /// is false on protocol 0.
+    pub fn deliver(&self, data: Bytes, high: usize, cap: usize, can_pause: bool) -> Delivery {
+        let mut incoming = self.lock();
+        if incoming.end.is_some() {
+            return Delivery::Ended;
+        }
+        if incoming.bytes >= cap {
+            return Delivery::Overflow;
+        }
+        if data.is_empty() {
+            return Delivery::Queued;
+        }
+        incoming.bytes += HEADER_SIZE + data.len();
+        incoming.queue.push_back(data);
+        let pause = can_pause && !incoming.paused && incoming.bytes >= high;
+        if pause {
+            incoming.paused = true;
+        }
+        if let Some(waker) = incoming.waker.take() {
+            waker.wake();
+        }
+        if pause {
+            Delivery::QueuedPause
+        } else {
+            Delivery::Queued
+        }
+    }
+
+    /// End the incoming side; queued data stays readable unless aborted.
+    pub fn end(&self, end: ChannelEnd) {
+        let mut incoming = self.lock();
+        if incoming.end.is_none() {
+            if matches!(end, ChannelEnd::Aborted(_)) {
+                incoming.queue.clear();
+                incoming.bytes = 0;
+            }
+            incoming.end = Some(end);
+        }
+        if let Some(waker) = incoming.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Bytes waiting in the incoming queue (accounted as the reference
+    /// does).
+    pub fn incoming_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// One channel of a link: a caller's byte stream.
+///
+/// Dropping the handle closes the channel (CLOSE is sent after any queued
+/// data).
+pub struct Channel {
+    shared: Arc<ChannelShared>,
+    link: Arc<Link>,
+    /// Part of a received chunk not yet handed to the reader.
+    partial: Option<Bytes>,
+    closed: bool,
+}
+
+impl Channel {
+    pub(crate) fn new(shared: Arc<ChannelShared>, link: Arc<Link>) -> Self {
+        Channel {
+            shared,
+            link,
+            partial: None,
+            closed: false,
+        }
+    }
+
+    /// The channel's id.
+    pub fn id(&self) -> ChannelId {
+        self.shared.id
+    }
+
+    /// The caller's address as carried by NEW (0.0.0.0 for an IPv6 caller
+    /// on protocol < 2).
+    pub fn peer_ip(&self) -> IpAddr {
+        self.shared.peer_ip
+    }
+
+    /// The link's protocol version.
+    pub fn protocol_version(&self) -> u8 {
+        self.link.protocol_version()
+    }
+
+    /// Receive the next chunk of data without copying it; `None` at the
+    /// end of the stream. An abnormal end is an error.
+    pub async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Poll for the next chunk; see [`recv`](Self::recv).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if let Some(partial) = self.partial.take() {
+            return Poll::Ready(Ok(Some(partial)));
+        }
+        let mut incoming = self.shared.lock();
+        if let Some(chunk) = incoming.queue.pop_front() {
+            incoming.bytes = incoming.bytes.saturating_sub(HEADER_SIZE + chunk.len());
+            let resume = self.resume_due(&mut incoming);
+            drop(incoming);
+            if resume {
+                self.send_resume();
+            }
+            return Poll::Ready(Ok(Some(chunk)));
+        }
+        match &incoming.end {
+            Some(ChannelEnd::Closed) => Poll::Ready(Ok(None)),
+            Some(ChannelEnd::Aborted(why)) => Poll::Ready(Err(aborted(why))),
+            None => {
+                incoming.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn resume_due(&self, incoming: &mut Incoming) -> bool {
+        if incoming.paused && incoming.bytes <= self.link.config().incoming_low_watermark {
+            incoming.paused = false;
+            return incoming.end.is_none();
+        }
+        false
+    }
+
+    fn send_resume(&self) {
+        let frame = OutFrame::bare(self.shared.id, Flow::Resume, &[]);
+        self.link.push_control(frame);
+    }
+
+    /// Send `data` without copying it, waiting while the channel is over
+    /// water or paused by the remote. Large buffers are split into frames.
+    pub async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            let max = self.link.config().max_send_frame.max(1);
+            std::future::poll_fn(|cx| {
+                let id = self.shared.id;
+                self.link.out().poll_push_data(cx, id, || {
+                    let take = data.len().min(max);
+                    data.split_to(take)
+                })
+            })
+            .await
+            .map_err(|e| self.push_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// True when a write would be taken now (not over water, not paused).
+    pub fn is_writable(&self) -> bool {
+        self.link.out().is_writable(self.shared.id)
+    }
+
+    /// Whether the remote has asked us to pause this channel.
+    pub fn remote_paused(&self) -> bool {
+        self.link.out().remote_paused(self.shared.id)
+    }
+
+    /// Bytes queued to send on this channel (header accounting included).
+    pub fn outgoing_bytes(&self) -> usize {
+        self.link.out().queued_bytes(self.shared.id)
+    }
+
+    /// Bytes received and not yet read (header accounting included).
+    pub fn incoming_bytes(&self) -> usize {
+        self.shared.incoming_bytes()
+    }
+
+    /// Close the channel: CLOSE is queued after the data already queued, and
+    /// the read side ends once what has arrived is read.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.link.close_channel(self.shared.id);
+        self.shared.end(ChannelEnd::Closed);
+    }
+
+    fn push_error(&self, _: PushError) -> io::Error {
+        let incoming = self.shared.lock();
+        match &incoming.end {
+            Some(ChannelEnd::Aborted(why)) => aborted(why),
+            _ => io::Error::new(io::ErrorKind::BrokenPipe, "channel closed"),
+        }
+    }
+}
+
+fn aborted(why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("channel aborted: {why}"),
+    )
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.shared.id)
+            .field("peer_ip", &self.shared.peer_ip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl AsyncRead for Channel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut chunk = match self.poll_recv(cx) {
+            Poll::Ready(Ok(Some(chunk))) => chunk,
+            Poll::Ready(Ok(None)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let n = chunk.len().min(buf.remaining());
+        buf.put_slice(&chunk.split_to(n));
+        if !chunk.is_empty() {
+            self.partial = Some(chunk);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Channel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let max = self.link.config().max_send_frame.max(1);
+        let id = self.shared.id;
+        match self.link.out().poll_push_data(cx, id, || {
+            let (head, _) = buf.split_at(buf.len().min(max));
+            Bytes::copy_from_slice(head)
+        }) {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.push_error(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued frames belong to the link's writer now; there is nothing
+        // more to push.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.close();
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,16 @@
+//! The multiplexer: many channels over one encrypted TCP link.
+//!
+//! Nothing here knows about servers, SNI or tokens.
+
+pub mod channel;
+pub mod codec;
+pub mod config;
+pub mod frame;
+pub mod multiplexer;
+pub(crate) mod queue;
+
+pub use channel::{Channel, ChannelEnd};
+pub use codec::{Frame, FrameDecoder, FrameEncoder};
+pub use config::MuxConfig;
+pub use frame::{ChannelId, Flow, FrameHeader, HEADER_SIZE};
+pub use multiplexer::{LinkEnd, LinkStats, Multiplexer};
