@@ -8,6 +8,7 @@
 //! `snitun` 0.47.0, protocol versions 0, 1 and 2, ciphers aes-cbc, aes-gcm and
 //! aes-gcm-siv.
 
+pub mod client;
 pub mod crypto;
 pub mod error;
 pub mod handshake;
@@ -17,3 +18,4 @@ pub mod token;
 
 pub use crypto::{Cipher, CipherState, Decryptor, Encryptor, Role};
 pub use error::{Error, Result};
+pub use mux::{Channel, LinkEnd, Multiplexer, MuxConfig};

@@ -123,6 +123,11 @@ impl ChannelShared {
     pub fn incoming_bytes(&self) -> usize {
         self.lock().bytes
     }
+
+    /// Whether we have told the remote to pause and not yet to resume.
+    pub fn pause_sent(&self) -> bool {
+        self.lock().paused
+    }
 }
 
 /// One channel of a link: a caller's byte stream.
@@ -243,6 +248,12 @@ impl Channel {
     /// Bytes received and not yet read (header accounting included).
     pub fn incoming_bytes(&self) -> usize {
         self.shared.incoming_bytes()
+    }
+
+    /// Whether we asked the remote to pause (our incoming queue is over high
+    /// water and has not drained to low water yet).
+    pub fn pause_sent(&self) -> bool {
+        self.shared.pause_sent()
     }
 
     /// Close the channel: CLOSE is queued after the data already queued, and

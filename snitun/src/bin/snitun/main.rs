@@ -1,0 +1,3 @@
+//! The `snitun` command line.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The client peer: the device side of the tunnel.
