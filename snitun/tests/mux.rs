@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use snitun::crypto::{Cipher, Role};
 use snitun::handshake::{HandshakeConfig, client_handshake, server_handshake};
-use snitun::mux::{LinkEnd, Multiplexer, MuxConfig};
+use snitun::mux::{ChannelId, Flow, FrameHeader, LinkEnd, Multiplexer, MuxConfig};
 use snitun::token::{FernetKey, KeyRing, TokenClaims};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -209,4 +209,210 @@ async fn slow_reader_pauses_and_resumes_without_loss() {
         max_queued < config.incoming_max_bytes,
         "incoming queue reached {max_queued}"
     );
+}
+
+/// A server-side multiplexer and the raw client stream after the handshake,
+/// with the client's encoder: for sending hand-made frames.
+async fn raw_client(
+    cipher: Cipher,
+    version: u8,
+    config: MuxConfig,
+) -> (Multiplexer, TcpStream, snitun::mux::FrameEncoder) {
+    let keys = KeyRing::new(vec![FernetKey::generate()]).unwrap();
+    let claims = TokenClaims::new("device.test", Duration::from_secs(600))
+        .with_cipher(cipher)
+        .with_protocol_version(version);
+    let token = keys.mint(&claims);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hs = HandshakeConfig::default();
+    let server = async {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (peer, state) = server_handshake(&mut stream, BytesMut::new(), &keys, &hs)
+            .await
+            .unwrap();
+        Multiplexer::new(
+            stream,
+            state,
+            peer.protocol_version,
+            Role::Responder,
+            config,
+        )
+    };
+    let client = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let state = client_handshake(
+            &mut stream,
+            token.as_bytes(),
+            cipher,
+            &claims.aes_key,
+            &claims.aes_iv,
+            &hs,
+        )
+        .await
+        .unwrap();
+        let (encryptor, _) = state.split();
+        (stream, snitun::mux::FrameEncoder::new(encryptor))
+    };
+    let (server, (stream, encoder)) = timeout(LIMIT, async { tokio::join!(server, client) })
+        .await
+        .unwrap();
+    (server, stream, encoder)
+}
+
+#[tokio::test]
+async fn oversize_frame_closes_the_link_naming_the_cause() {
+    let config = MuxConfig {
+        max_frame_size: Some(1 << 20),
+        ..MuxConfig::default()
+    };
+    let (server, mut stream, mut encoder) = raw_client(Cipher::AesCbc, 2, config).await;
+    let header = FrameHeader::new(ChannelId::random(), Flow::Data, 50 << 20, &[]);
+    stream
+        .write_all(encoder.header(&header).unwrap().as_ref())
+        .await
+        .unwrap();
+    match timeout(LIMIT, server.closed()).await.unwrap() {
+        LinkEnd::Failed(why) => assert!(why.contains("cipher"), "{why}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tampered_gcm_header_closes_the_link() {
+    let (server, mut stream, mut encoder) =
+        raw_client(Cipher::AesGcm, 2, MuxConfig::default()).await;
+    let header = FrameHeader::new(ChannelId::random(), Flow::Ping, 0, b"ping");
+    let mut unit = encoder.header(&header).unwrap().as_ref().to_vec();
+    unit[20] ^= 1;
+    stream.write_all(&unit).await.unwrap();
+    match timeout(LIMIT, server.closed()).await.unwrap() {
+        LinkEnd::Failed(why) => assert!(why.contains("decryption failed"), "{why}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_flows_and_strays_are_ignored() {
+    let (server, mut stream, mut encoder) =
+        raw_client(Cipher::AesGcmSiv, 2, MuxConfig::default()).await;
+    let mut wire = Vec::new();
+    for flow in [
+        Flow::Unknown(0x03),
+        Flow::Data,
+        Flow::Close,
+        Flow::Pause,
+        Flow::Resume,
+        // NEW towards the server: it does not accept channels.
+        Flow::New,
+    ] {
+        let size = if flow == Flow::Data || flow == Flow::Unknown(0x03) {
+            3
+        } else {
+            0
+        };
+        let header = FrameHeader::new(ChannelId::random(), flow, size, &[]);
+        wire.extend_from_slice(encoder.header(&header).unwrap().as_ref());
+        wire.extend(std::iter::repeat_n(7u8, size as usize));
+    }
+    let ping = FrameHeader::new(ChannelId::random(), Flow::Ping, 0, b"ping");
+    wire.extend_from_slice(encoder.header(&ping).unwrap().as_ref());
+    stream.write_all(&wire).await.unwrap();
+    // The server answers the ping (a 60-byte pong unit) and stays up.
+    let mut pong = [0u8; 60];
+    timeout(LIMIT, stream.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(server.is_connected());
+}
+
+#[tokio::test]
+async fn protocol_0_has_no_pause_and_loses_nothing() {
+    let config = MuxConfig {
+        incoming_high_watermark: 64 * 1024,
+        incoming_low_watermark: 16 * 1024,
+        ..MuxConfig::default()
+    };
+    let (server, client) = link_pair(Cipher::AesCbc, 0, config).await;
+    let mut up = server.open_channel("192.0.2.9".parse().unwrap()).unwrap();
+    let mut down = client.accept().await.unwrap();
+    assert_eq!(down.peer_ip(), "192.0.2.9".parse::<IpAddr>().unwrap());
+    let data = pattern(2 * 1024 * 1024, 5);
+    let writer = async {
+        up.write_all(&data).await.unwrap();
+        up.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut paused = false;
+        loop {
+            paused |= down.pause_sent();
+            let n = down.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        (got, paused)
+    };
+    let ((), (got, paused)) = timeout(LIMIT, async { tokio::join!(writer, reader) })
+        .await
+        .unwrap();
+    assert!(!paused, "protocol 0 must not send PAUSE");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+}
+
+#[tokio::test]
+async fn hundred_channels_at_once() {
+    let (server, client) = link_pair(Cipher::AesGcm, 2, MuxConfig::default()).await;
+    let server = std::sync::Arc::new(server);
+    let echo = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let mut channel = client.accept().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = channel.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    channel.write_all(&buf[..n]).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        client
+    });
+    let mut callers = Vec::new();
+    for i in 0..100u8 {
+        let server = server.clone();
+        callers.push(tokio::spawn(async move {
+            let mut channel = server.open_channel("192.0.2.1".parse().unwrap()).unwrap();
+            let data = pattern(100_000 + usize::from(i) * 1000, i);
+            let (mut rd, mut wr) = tokio::io::split(channel);
+            let send = async {
+                wr.write_all(&data).await.unwrap();
+                wr
+            };
+            let receive = async {
+                let mut got = vec![0u8; data.len()];
+                rd.read_exact(&mut got).await.unwrap();
+                got
+            };
+            let (wr, got) = tokio::join!(send, receive);
+            assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+            channel = rd.unsplit(wr);
+            channel.shutdown().await.unwrap();
+        }));
+    }
+    for caller in callers {
+        timeout(LIMIT, caller).await.unwrap().unwrap();
+    }
+    let _client = timeout(LIMIT, echo).await.unwrap().unwrap();
 }

@@ -138,7 +138,8 @@ impl Link {
 
     /// Close a channel that went wrong: CLOSE to the peer, reads fail.
     fn abort_channel(&self, id: ChannelId, why: &str) {
-        if let Some(channel) = self.channels().remove(&id) {
+        let channel = self.channels().remove(&id);
+        if let Some(channel) = channel {
             channel.end(ChannelEnd::Aborted(why.to_string()));
         }
         self.out.close(id);
