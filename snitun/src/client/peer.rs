@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use zeroize::Zeroize;
 
 use super::access_list::AccessList;
@@ -301,7 +302,7 @@ impl ClientBuilder {
             link: Mutex::new(None),
             stop: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
-            channel_tasks: TaskCount::default(),
+            channel_tasks: TaskTracker::new(),
             supervisor: Mutex::new(None),
             finished: watch::channel(None).0,
             counters: Counters::default(),
@@ -528,7 +529,7 @@ struct Shared {
     stop: CancellationToken,
     /// Cancel channel tasks that did not end by themselves.
     hard_stop: CancellationToken,
-    channel_tasks: TaskCount,
+    channel_tasks: TaskTracker,
     /// The task running [`supervise`], until someone waits for it.
     supervisor: Mutex<Option<JoinHandle<()>>>,
     /// Set once, when the session is over.
@@ -606,46 +607,6 @@ impl Shared {
             }
             self.emit(ClientEvent::EndpointError(error));
         }
-    }
-}
-
-/// Counts running tasks; [`wait`](Self::wait) until none is left.
-#[derive(Clone)]
-struct TaskCount(Arc<watch::Sender<usize>>);
-
-impl Default for TaskCount {
-    fn default() -> Self {
-        TaskCount(Arc::new(watch::channel(0).0))
-    }
-}
-
-/// Held by a counted task; dropping it (the task ended, or panicked)
-/// counts the task out.
-struct TaskGuard(Arc<watch::Sender<usize>>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-impl TaskCount {
-    fn spawn<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.0.send_modify(|n| *n += 1);
-        let guard = TaskGuard(self.0.clone());
-        tokio::spawn(async move {
-            let _guard = guard;
-            task.await;
-        });
-    }
-
-    async fn wait(&self) {
-        let mut count = self.0.subscribe();
-        // The sender lives in `self`: this cannot fail.
-        let _ = count.wait_for(|n| *n == 0).await;
     }
 }
 
@@ -736,6 +697,7 @@ async fn supervise(shared: Arc<Shared>, first: Arc<Multiplexer>) {
     };
     // Channels of the dead links fail their I/O and end; give connectors a
     // moment, then cancel what is left.
+    shared.channel_tasks.close();
     if tokio::time::timeout(WIND_DOWN_GRACE, shared.channel_tasks.wait())
         .await
         .is_err()
