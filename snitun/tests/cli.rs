@@ -4,6 +4,10 @@
 
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use support::client_hello;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
@@ -519,36 +523,6 @@ fn demo_single_port_aes_gcm() {
         stdout(&output),
         stderr(&output)
     );
-}
-
-/// A TLS record holding a minimal ClientHello that names `host`: enough
-/// for the server's router, which never terminates TLS.
-fn client_hello(host: &str) -> Vec<u8> {
-    let name = host.as_bytes();
-    let mut sni = Vec::new();
-    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes()); // list
-    sni.push(0); // host_name
-    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni.extend_from_slice(name);
-    let mut extensions = vec![0, 0]; // server_name
-    extensions.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-    extensions.extend_from_slice(&sni);
-
-    let mut hello = vec![3, 3]; // TLS 1.2 legacy version
-    hello.extend_from_slice(&[7u8; 32]); // random
-    hello.push(0); // session id
-    hello.extend_from_slice(&[0, 2, 0x13, 0x01]); // cipher suites
-    hello.extend_from_slice(&[1, 0]); // compression
-    hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-    hello.extend_from_slice(&extensions);
-
-    let mut handshake = vec![1]; // ClientHello
-    handshake.extend_from_slice(&(hello.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&hello);
-    let mut record = vec![0x16, 3, 1];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
 }
 
 /// A TCP echo server on loopback, on a thread, for as long as the test.

@@ -4,6 +4,10 @@
 
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use support::pattern;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -61,12 +65,6 @@ async fn link_pair(cipher: Cipher, version: u8, config: MuxConfig) -> (Multiplex
     timeout(LIMIT, async { tokio::join!(server, client) })
         .await
         .unwrap()
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 #[tokio::test]

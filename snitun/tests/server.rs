@@ -4,6 +4,10 @@
 
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use support::{client_hello_for, pattern, u16be};
+
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -119,56 +123,6 @@ async fn device(
     mux
 }
 
-fn u16be(n: usize) -> [u8; 2] {
-    u16::try_from(n).unwrap().to_be_bytes()
-}
-
-/// A ClientHello in one TLS record, with a server_name extension when
-/// `host` is given (and some padding, as real hellos have).
-fn client_hello(host: Option<&str>) -> Vec<u8> {
-    let mut exts = Vec::new();
-    if let Some(host) = host {
-        let mut list = vec![0u8];
-        list.extend_from_slice(&u16be(host.len()));
-        list.extend_from_slice(host.as_bytes());
-        let mut body = u16be(list.len()).to_vec();
-        body.extend_from_slice(&list);
-        exts.extend_from_slice(&[0, 0]);
-        exts.extend_from_slice(&u16be(body.len()));
-        exts.extend_from_slice(&body);
-    }
-    // supported_versions: TLS 1.3
-    exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
-    // padding
-    exts.extend_from_slice(&[0x00, 0x15]);
-    exts.extend_from_slice(&u16be(120));
-    exts.extend_from_slice(&[0u8; 120]);
-
-    let mut hello = vec![0x03, 0x03];
-    hello.extend_from_slice(&[0x5a; 32]); // random
-    hello.push(32); // session id
-    hello.extend_from_slice(&[0x11; 32]);
-    hello.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0x13, 0x02]); // suites
-    hello.extend_from_slice(&[0x01, 0x00]); // compression
-    hello.extend_from_slice(&u16be(exts.len()));
-    hello.extend_from_slice(&exts);
-
-    let mut handshake = vec![0x01, 0x00];
-    handshake.extend_from_slice(&u16be(hello.len()));
-    handshake.extend_from_slice(&hello);
-
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&u16be(handshake.len()));
-    record.extend_from_slice(&handshake);
-    record
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
-        .collect()
-}
-
 /// A caller: connects, sends `prefix` (PROXY header or nothing), the
 /// ClientHello for `host`, then `after`.
 async fn caller(addr: SocketAddr, prefix: &[u8], host: &str, after: &[u8]) -> TcpStream {
@@ -176,7 +130,7 @@ async fn caller(addr: SocketAddr, prefix: &[u8], host: &str, after: &[u8]) -> Tc
         .await
         .unwrap();
     let mut first = prefix.to_vec();
-    first.extend_from_slice(&client_hello(Some(host)));
+    first.extend_from_slice(&client_hello_for(Some(host)));
     first.extend_from_slice(after);
     stream.write_all(&first).await.unwrap();
     stream
@@ -186,7 +140,7 @@ async fn caller(addr: SocketAddr, prefix: &[u8], host: &str, after: &[u8]) -> Tc
 /// ClientHello and `after`.
 async fn accept_caller(device: &Multiplexer, host: &str, after: &[u8]) -> Channel {
     let mut channel = bounded("channel", device.accept()).await.unwrap();
-    let mut expected = client_hello(Some(host));
+    let mut expected = client_hello_for(Some(host));
     expected.extend_from_slice(after);
     let mut got = vec![0u8; expected.len()];
     bounded("hello on the channel", channel.read_exact(&mut got))
@@ -375,7 +329,7 @@ async fn unroutable_callers_get_nothing_and_others_keep_working() {
 
     // No SNI at all.
     let mut no_sni = TcpStream::connect(sni).await.unwrap();
-    no_sni.write_all(&client_hello(None)).await.unwrap();
+    no_sni.write_all(&client_hello_for(None)).await.unwrap();
     assert_closed_silently(&mut no_sni, "no SNI").await;
 
     // Not TLS.
@@ -418,7 +372,7 @@ async fn client_hello_split_over_many_writes() {
     let dev = device(&handle, peer, &keys, &claims).await;
     let mut stream = TcpStream::connect(sni).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let hello = client_hello(Some("split.example"));
+    let hello = client_hello_for(Some("split.example"));
     for piece in hello.chunks(9) {
         stream.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -451,7 +405,7 @@ async fn single_port_serves_peers_and_callers() {
     // A split hello works here too.
     let mut split = TcpStream::connect(addr).await.unwrap();
     split.set_nodelay(true).unwrap();
-    for piece in client_hello(Some("single.example")).chunks(50) {
+    for piece in client_hello_for(Some("single.example")).chunks(50) {
         split.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -649,7 +603,7 @@ async fn proxy_protocol_on_the_single_port() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     stream
-        .write_all(&client_hello(Some("single-proxy.example")))
+        .write_all(&client_hello_for(Some("single-proxy.example")))
         .await
         .unwrap();
     let mut channel = accept_caller(&dev, "single-proxy.example", b"").await;
@@ -752,7 +706,7 @@ async fn refused_peers_are_not_registered() {
 
     // Not a token at all.
     let mut junk = TcpStream::connect(peer).await.unwrap();
-    junk.write_all(&client_hello(Some("x.example")))
+    junk.write_all(&client_hello_for(Some("x.example")))
         .await
         .unwrap();
     assert_closed_silently(&mut junk, "junk on the peer port").await;
@@ -821,7 +775,7 @@ async fn handle_shutdown_stops_a_spawned_server() {
     // A caller half-way through its hello and a peer half-way through its
     // handshake must not hold the shutdown up.
     let mut half = TcpStream::connect(sni).await.unwrap();
-    half.write_all(&client_hello(Some("spawned.example"))[..20])
+    half.write_all(&client_hello_for(Some("spawned.example"))[..20])
         .await
         .unwrap();
     let _silent_peer = TcpStream::connect(peer).await.unwrap();
