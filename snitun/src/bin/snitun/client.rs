@@ -30,6 +30,8 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let policy = (!args.no_reconnect).then(ReconnectPolicy::default);
     let builder = || {
         Client::builder(args.server.clone())
+            // The reference's MULTIPLEXER_* environment overrides.
+            .mux_config(snitun::MuxConfig::from_env())
             .token(args.token.trim().as_bytes().to_vec())
             .aes(key, iv)
             .cipher(args.cipher.into())

@@ -12,7 +12,9 @@ use crate::token::key_ring;
 /// signal; then shut down gracefully.
 pub async fn run(args: ServerArgs) -> Result<()> {
     let keys = key_ring(&args.fernet_keys)?;
+    // The reference's MULTIPLEXER_* environment overrides apply to the CLI.
     let mut builder = Server::builder(keys)
+        .mux_config(snitun::MuxConfig::from_env())
         .proxy_protocol(args.proxy_protocol)
         .throttling(args.throttling);
     for addr in &args.sni {
