@@ -1,0 +1,1 @@
+"""The device side: connect to a SniTun server and serve its callers."""

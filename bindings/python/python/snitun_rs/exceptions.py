@@ -1,0 +1,45 @@
+"""SniTun exceptions, with the reference's names and hierarchy."""
+
+
+class SniTunError(Exception):
+    """Base exception of snitun_rs."""
+
+
+class SniTunChallengeError(SniTunError):
+    """The challenge/response of a handshake failed."""
+
+
+class SniTunInvalidPeer(SniTunError):
+    """A peer's token or configuration is invalid."""
+
+
+class ParseSNIError(SniTunError):
+    """Invalid ClientHello data."""
+
+
+class ParseSNIIncompleteError(ParseSNIError):
+    """Incomplete ClientHello data."""
+
+
+class ParseProxyProtocolError(SniTunError):
+    """Invalid PROXY protocol header."""
+
+
+class ParseProxyProtocolIncompleteError(ParseProxyProtocolError):
+    """Incomplete PROXY protocol header."""
+
+
+class MultiplexerTransportError(SniTunError):
+    """The multiplexer link to the peer has a problem."""
+
+
+class MultiplexerTransportClose(SniTunError):
+    """The multiplexer link to the peer is closed."""
+
+
+class MultiplexerTransportDecrypt(SniTunError):
+    """A multiplexer message could not be decrypted."""
+
+
+class SniTunConnectionError(SniTunError):
+    """The client cannot connect to the server (refused, timed out, rejected)."""

@@ -1,0 +1,1 @@
+"""The public side: SNI proxy and peer listener."""

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Build the snitun-rs wheel once (abi3) and run the Python tests in clean
+# venvs of CPython 3.11 and 3.13. Venvs live under target/ and are reused
+# when their requirements have not changed (marker files); the wheel is
+# reinstalled every run.
+#
+#   SNITUN_PY311=/path/python3.11  SNITUN_PY313=/path/python3.13   override interpreters
+#   SNITUN_PY_PROFILE=release      build the wheel optimised (default: dev profile, faster to build)
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+root=$PWD
+target="${CARGO_TARGET_DIR:-$root/target}"
+
+find_python() { # version -> interpreter path
+  local want=$1 cand
+  for cand in "python$want" python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$want'.split('.'))))"; then
+      command -v "$cand"; return 0
+    fi
+  done
+  if command -v pyenv >/dev/null; then
+    for cand in $(pyenv versions --bare 2>/dev/null | grep -E "^$want(\.|$)" | sort -rV); do
+      if [ -x "$(pyenv prefix "$cand")/bin/python" ]; then
+        echo "$(pyenv prefix "$cand")/bin/python"; return 0
+      fi
+    done
+  fi
+  return 1
+}
+
+py311="${SNITUN_PY311:-$(find_python 3.11 || true)}"
+py313="${SNITUN_PY313:-$(find_python 3.13 || true)}"
+if [ -z "$py311" ] || [ -z "$py313" ]; then
+  echo "bindings/python/scripts/test.sh: need CPython 3.11 and 3.13 (found: '${py311}' '${py313}')" >&2
+  exit 1
+fi
+
+maturin_req='maturin>=1.16,<1.17'
+test_reqs=(pytest pytest-asyncio cryptography)
+ref_req='snitun==0.47.0' # the reference, for interop tests; needs Python >= 3.13
+
+make_venv() { # name python extra-requirements...
+  local dir="$target/$1" py=$2; shift 2
+  local want="$("$py" -V) $* ${test_reqs[*]}"
+  if [ ! -f "$dir/.snitun-ready" ] || [ "$(cat "$dir/.snitun-ready")" != "$want" ]; then
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "${test_reqs[@]}" "$@"
+    echo "$want" >"$dir/.snitun-ready"
+  fi
+}
+
+make_venv py311 "$py311" "$maturin_req"
+make_venv py313 "$py313" "$ref_req"
+
+profile_flag=()
+if [ "${SNITUN_PY_PROFILE:-dev}" = release ]; then profile_flag=(--release); fi
+rm -rf "$target/wheels-py"
+CARGO_TARGET_DIR="$target" "$target/py311/bin/maturin" build "${profile_flag[@]}" --locked \
+  -m bindings/python/Cargo.toml -o "$target/wheels-py" -q
+wheel=$(ls "$target"/wheels-py/snitun_rs-*-abi3-*.whl)
+
+for venv in py311 py313; do
+  echo "--- pytest on $("$target/$venv/bin/python" -V)"
+  "$target/$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+  (cd bindings/python && "$target/$venv/bin/python" -m pytest -q -p no:cacheprovider tests)
+done

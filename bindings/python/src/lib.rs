@@ -1,0 +1,356 @@
+//! The native module of the `snitun-rs` Python package (`snitun_rs._snitun_rs`).
+//!
+//! A thin layer over the `snitun` crate: the Python package builds the
+//! reference-compatible API (`snitun_rs.server.run.SniTunServer`,
+//! `snitun_rs.client.client_peer.ClientPeer`, ...) on these few classes and
+//! functions. Every operation that waits is an asyncio awaitable run on a
+//! tokio runtime, so the GIL is free while Rust works, and cancelling the
+//! awaitable drops the Rust future. Errors are raised as the exception types
+//! of `snitun_rs.exceptions` (looked up when raised).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyType};
+use snitun::client::{AccessList, Client, EndpointConnector, Session, parse_networks};
+use snitun::server::{Server, ServerHandle};
+use snitun::token::{KeyRing, TokenClaims};
+use snitun::{Cipher, Error, LinkEnd};
+
+/// How long `stop()` lets a server's connections drain before cutting them.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of the tunnel AES key and IV in bytes.
+const AES_KEY_SIZE: usize = 32;
+const AES_IV_SIZE: usize = 16;
+
+/// An exception of `snitun_rs.exceptions` by class name, falling back to
+/// `RuntimeError` if the module cannot be imported.
+fn snitun_error(py: Python<'_>, name: &str, message: String) -> PyErr {
+    let class = py
+        .import("snitun_rs.exceptions")
+        .and_then(|module| module.getattr(name))
+        .and_then(|class| class.cast_into::<PyType>().map_err(PyErr::from));
+    match class {
+        Ok(class) => PyErr::from_type(class, message),
+        Err(_) => PyRuntimeError::new_err(message),
+    }
+}
+
+/// The exception a failed client connect raises, as the reference does:
+/// bad arguments are `ValueError`, anything on the way to a working link
+/// (refused, timed out, closed, wrong key) is `SniTunConnectionError`.
+fn connect_error(err: Error) -> PyErr {
+    match err {
+        Error::Config(_) | Error::UnsupportedCipher(_) | Error::InvalidKey(_) => {
+            PyValueError::new_err(err.to_string())
+        }
+        other => Python::attach(|py| snitun_error(py, "SniTunConnectionError", other.to_string())),
+    }
+}
+
+/// A lock that shrugs off poisoning (the guarded values stay consistent).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn aes_material(key: &[u8], iv: &[u8]) -> PyResult<([u8; AES_KEY_SIZE], [u8; AES_IV_SIZE])> {
+    let key: [u8; AES_KEY_SIZE] = key
+        .try_into()
+        .map_err(|_| PyValueError::new_err(format!("aes_key must be {AES_KEY_SIZE} bytes")))?;
+    let iv: [u8; AES_IV_SIZE] = iv
+        .try_into()
+        .map_err(|_| PyValueError::new_err(format!("aes_iv must be {AES_IV_SIZE} bytes")))?;
+    Ok((key, iv))
+}
+
+fn cipher(name: &str) -> PyResult<Cipher> {
+    Cipher::from_name(name).map_err(|err| PyValueError::new_err(err.to_string()))
+}
+
+fn key_ring(keys: Vec<String>) -> PyResult<KeyRing> {
+    KeyRing::from_strings(keys).map_err(|err| PyValueError::new_err(err.to_string()))
+}
+
+fn socket_addrs(addrs: Vec<String>) -> PyResult<Vec<SocketAddr>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            addr.parse()
+                .map_err(|_| PyValueError::new_err(format!("not a socket address: {addr:?}")))
+        })
+        .collect()
+}
+
+/// Mint a Fernet token with the first of `keys` for `hostname`, expiring at
+/// unix time `valid`, carrying the AES key and IV (protocol version 2, and
+/// the cipher unless aes-cbc), exactly as the reference's
+/// `generate_client_token` writes it.
+#[pyfunction]
+#[pyo3(signature = (keys, valid, hostname, aes_key, aes_iv, cipher_name))]
+fn mint_token<'py>(
+    py: Python<'py>,
+    keys: Vec<String>,
+    valid: f64,
+    hostname: String,
+    aes_key: &[u8],
+    aes_iv: &[u8],
+    cipher_name: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let ring = key_ring(keys)?;
+    let (key, iv) = aes_material(aes_key, aes_iv)?;
+    let mut claims = TokenClaims::new(hostname, Duration::ZERO).with_cipher(cipher(cipher_name)?);
+    claims.valid = valid;
+    claims.aes_key = key;
+    claims.aes_iv = iv;
+    let token = ring.mint(&claims);
+    Ok(PyBytes::new(py, token.as_bytes()))
+}
+
+/// A SniTun server: SNI and peer listeners, or single-port listeners.
+#[pyclass(frozen, module = "snitun_rs._snitun_rs")]
+struct NativeServer {
+    keys: KeyRing,
+    sni: Vec<SocketAddr>,
+    peer: Vec<SocketAddr>,
+    listen: Vec<SocketAddr>,
+    throttling: Option<u32>,
+    proxy_protocol: bool,
+    handle: Arc<Mutex<Option<ServerHandle>>>,
+}
+
+#[pymethods]
+impl NativeServer {
+    #[new]
+    #[pyo3(signature = (fernet_keys, sni, peer, listen, throttling, proxy_protocol))]
+    fn new(
+        fernet_keys: Vec<String>,
+        sni: Vec<String>,
+        peer: Vec<String>,
+        listen: Vec<String>,
+        throttling: Option<u32>,
+        proxy_protocol: bool,
+    ) -> PyResult<Self> {
+        Ok(NativeServer {
+            keys: key_ring(fernet_keys)?,
+            sni: socket_addrs(sni)?,
+            peer: socket_addrs(peer)?,
+            listen: socket_addrs(listen)?,
+            throttling,
+            proxy_protocol,
+            handle: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Bind every address and start serving (awaitable).
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if lock(&self.handle).is_some() {
+            return Err(PyRuntimeError::new_err("server already started"));
+        }
+        let mut builder = Server::builder(self.keys.clone())
+            .proxy_protocol(self.proxy_protocol)
+            .throttling(self.throttling);
+        for addr in &self.sni {
+            builder = builder.sni_listen(*addr);
+        }
+        for addr in &self.peer {
+            builder = builder.peer_listen(*addr);
+        }
+        for addr in &self.listen {
+            builder = builder.listen(*addr);
+        }
+        let slot = self.handle.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let server = builder.bind().await.map_err(|err| match err {
+                Error::Io(io) => PyOSError::new_err(io.to_string()),
+                other => PyValueError::new_err(other.to_string()),
+            })?;
+            *lock(&slot) = Some(server.spawn());
+            Ok(())
+        })
+    }
+
+    /// Stop listening and close every connection (awaitable).
+    fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let Some(handle) = lock(&self.handle).take() else {
+            return Err(PyRuntimeError::new_err("server not started"));
+        };
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            handle
+                .shutdown(SERVER_STOP_TIMEOUT)
+                .await
+                .map_err(|err| PyRuntimeError::new_err(err.to_string()))
+        })
+    }
+
+    /// The bound addresses: `(kind, host, port)` with kind "sni", "peer" or
+    /// "listen" (empty before `start()`).
+    fn addresses(&self) -> Vec<(&'static str, String, u16)> {
+        let Some(handle) = lock(&self.handle).clone() else {
+            return Vec::new();
+        };
+        let addrs = handle.local_addrs();
+        let tagged = [
+            ("sni", addrs.sni),
+            ("peer", addrs.peer),
+            ("listen", addrs.listen),
+        ];
+        tagged
+            .into_iter()
+            .flat_map(|(kind, list)| {
+                list.into_iter()
+                    .map(move |addr| (kind, addr.ip().to_string(), addr.port()))
+            })
+            .collect()
+    }
+
+    /// Connected peers: `(hostname, aliases, protocol_version, cipher,
+    /// remote_ip, remote_port, channels)`.
+    #[allow(clippy::type_complexity)]
+    fn peers(&self) -> Vec<(String, Vec<String>, u8, &'static str, String, u16, usize)> {
+        let Some(handle) = lock(&self.handle).clone() else {
+            return Vec::new();
+        };
+        handle
+            .peers()
+            .into_iter()
+            .map(|peer| {
+                (
+                    peer.hostname,
+                    peer.aliases,
+                    peer.protocol_version,
+                    peer.cipher.name(),
+                    peer.remote_addr.ip().to_string(),
+                    peer.remote_addr.port(),
+                    peer.channels,
+                )
+            })
+            .collect()
+    }
+}
+
+/// A connected client session (one link to a server).
+#[pyclass(frozen, module = "snitun_rs._snitun_rs")]
+struct NativeSession {
+    session: Session,
+}
+
+#[pymethods]
+impl NativeSession {
+    /// Whether the link is up.
+    #[getter]
+    fn is_connected(&self) -> bool {
+        self.session.is_connected()
+    }
+
+    /// Resolve when the link has ended, with the reason in words (awaitable).
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.session.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let end: LinkEnd = session.wait().await;
+            Ok(end.to_string())
+        })
+    }
+
+    /// Close the link and wait until every task of the session has ended
+    /// (awaitable).
+    fn disconnect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.session.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            session.disconnect().await;
+            Ok(())
+        })
+    }
+}
+
+/// Connect to a server's peer port and serve its channels by relaying them
+/// to the TCP endpoint `endpoint` (awaitable resolving to a
+/// `NativeSession`).
+///
+/// `access` is None (everyone may connect), or `("allow"|"block",
+/// [networks])`. `on_endpoint_error` is called (from a Rust thread, with the
+/// GIL) each time the endpoint cannot be reached.
+#[pyfunction]
+#[pyo3(signature = (server, token, aes_key, aes_iv, cipher_name, protocol_version, throttling, endpoint, access, on_endpoint_error))]
+#[allow(clippy::too_many_arguments)]
+fn connect<'py>(
+    py: Python<'py>,
+    server: String,
+    token: Vec<u8>,
+    aes_key: &[u8],
+    aes_iv: &[u8],
+    cipher_name: &str,
+    protocol_version: u8,
+    throttling: Option<u32>,
+    endpoint: String,
+    access: Option<(String, Vec<String>)>,
+    on_endpoint_error: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (key, iv) = aes_material(aes_key, aes_iv)?;
+    let access_list = match access {
+        None => AccessList::allow_all(),
+        Some((mode, networks)) => {
+            let networks =
+                parse_networks(networks).map_err(|err| PyValueError::new_err(err.to_string()))?;
+            match mode.as_str() {
+                "allow" => AccessList::allow(networks),
+                "block" => AccessList::block(networks),
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "access list action must be allow or block, not {other:?}"
+                    )));
+                }
+            }
+        }
+    };
+    let mut builder = Client::builder(server)
+        .token(token)
+        .aes(key, iv)
+        .cipher(cipher(cipher_name)?)
+        .protocol_version(protocol_version)
+        .throttling(throttling)
+        .access_list(access_list)
+        .connector(EndpointConnector::new(endpoint));
+    if let Some(callback) = on_endpoint_error {
+        builder = builder.on_endpoint_error(move |error| {
+            tracing::debug!(%error, "endpoint error");
+            Python::attach(|py| {
+                if let Err(err) = callback.call0(py) {
+                    err.write_unraisable(py, None);
+                }
+            });
+        });
+    }
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let session = builder.connect().await.map_err(connect_error)?;
+        Ok(NativeSession { session })
+    })
+}
+
+/// Route Rust log records (from `tracing`, through `log`) to Python
+/// `logging`, under `snitun_rs.<rust module path>` logger names (levels are looked up
+/// on each record, so `setLevel` takes effect at once).
+fn install_logging(py: Python<'_>) -> PyResult<()> {
+    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::Loggers)?.set_prefix("snitun_rs");
+    // A second import in the same process (e.g. sub-interpreters) finds a
+    // logger installed already; that one keeps working.
+    if logger.install().is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    Ok(())
+}
+
+/// The native core of `snitun_rs`.
+#[pymodule]
+fn _snitun_rs(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    install_logging(module.py())?;
+    module.add_function(wrap_pyfunction!(mint_token, module)?)?;
+    module.add_function(wrap_pyfunction!(connect, module)?)?;
+    module.add_class::<NativeServer>()?;
+    module.add_class::<NativeSession>()?;
+    module.add("PROTOCOL_VERSION", snitun::token::CURRENT_PROTOCOL_VERSION)?;
+    Ok(())
+}
