@@ -7,7 +7,9 @@
 //! them back; once more under valgrind when it is installed (no invalid
 //! access, no definite leak). Also checks a bad argument is reported
 //! through the C API, and that the pkg-config file from `make install`
-//! builds a program.
+//! builds a program. c_api_test_program builds and runs tests/c/api_test.c,
+//! which checks the C API alone (every error path, a whole tunnel in one
+//! process), the same ways.
 //!
 //! Needs `make` and a C compiler (`cc`); every wait is bounded, and only
 //! the processes started here are stopped.
@@ -507,4 +509,80 @@ fn pkg_config_file_builds_a_program() {
         printed.trim(),
         format!("libsnitun {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// Compile tests/c/api_test.c against the header, linked to the shared
+/// (`static_link` false) or the static library.
+fn build_api_test(out: &Path, lib_dir: &Path, static_link: bool) -> PathBuf {
+    let program = out.join(if static_link {
+        "api_test-static"
+    } else {
+        "api_test"
+    });
+    let mut command = Command::new("cc");
+    command
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .args(["-O1", "-g", "-I"])
+        .arg(repo_dir().join("include"))
+        .arg("-o")
+        .arg(&program)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/api_test.c"));
+    if static_link {
+        // What the Rust static library needs from the system (as in
+        // examples/c/Makefile).
+        command.arg(lib_dir.join("libsnitun.a")).args([
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+            "-lc",
+        ]);
+    } else {
+        command
+            .arg(format!("-L{}", lib_dir.display()))
+            .arg("-lsnitun")
+            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+            .args(["-lpthread", "-lm"]);
+    }
+    run(&mut command);
+    program
+}
+
+/// Run the C API test program; it prints a line per failed check, phase
+/// lines, and "API_TEST OK" when every check passed.
+fn run_api_test(program: PathBuf, runner: Runner) {
+    let mut test = Proc::start("api_test", &mut runner.command(program));
+    for phase in ["errors", "refused", "connected", "echoed", "stopped"] {
+        test.expect_line(&format!("PHASE {phase}"));
+    }
+    let last = test.expect_line("API_TEST ");
+    let code = test.wait_exit();
+    let failed: Vec<&String> = test
+        .seen
+        .iter()
+        .filter(|line| line.starts_with("FAIL"))
+        .collect();
+    assert!(
+        last == "API_TEST OK" && code == Some(0) && failed.is_empty(),
+        "C API test failed (exit {code:?}): {last}\n{failed:#?}"
+    );
+}
+
+/// The C API alone, from C: every error path, and a whole tunnel (server,
+/// token, client, echo endpoint, caller) on loopback in one process.
+#[test]
+fn c_api_test_program() {
+    let lib_dir = library_dir();
+    let scratch = Scratch::new("c-api-test");
+    let shared = build_api_test(&scratch.0, &lib_dir, false);
+    let static_program = build_api_test(&scratch.0, &lib_dir, true);
+
+    run_api_test(shared.clone(), Runner::Direct);
+    run_api_test(static_program.clone(), Runner::Direct);
+    if valgrind_wanted() {
+        run_api_test(shared, Runner::Valgrind);
+        run_api_test(static_program, Runner::Valgrind);
+    }
 }

@@ -1280,16 +1280,29 @@ where
             break;
         }
     }
-    let _ = to.shutdown().await;
 }
 
-/// Both ways until either side ends (the protocol has no half-close).
+/// Both ways until either side ends (the protocol has no half-close). When
+/// the endpoint finishes, the channel closes as our EndpointConnector does:
+/// only once the server has taken everything (`close_after_delivery`).
 async fn relay(channel: ProbeChannel, mut endpoint: TcpStream) {
     let (mut ch_read, mut ch_write) = tokio::io::split(channel);
-    let (mut ep_read, mut ep_write) = endpoint.split();
-    tokio::select! {
-        _ = copy_until_end(&mut ch_read, &mut ep_write) => {}
-        _ = copy_until_end(&mut ep_read, &mut ch_write) => {}
+    let endpoint_finished = {
+        let (mut ep_read, mut ep_write) = endpoint.split();
+        tokio::select! {
+            _ = copy_until_end(&mut ch_read, &mut ep_write) => {
+                let _ = ep_write.shutdown().await;
+                false
+            }
+            _ = copy_until_end(&mut ep_read, &mut ch_write) => true,
+        }
+    };
+    let mut channel = ch_read.unsplit(ch_write);
+    if endpoint_finished {
+        channel
+            .channel
+            .close_after_delivery(Duration::from_secs(60))
+            .await;
     }
 }
 

@@ -414,3 +414,33 @@ async fn hundred_channels_at_once() {
     }
     let _client = timeout(LIMIT, echo).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn close_after_delivery_waits_out_a_pause() {
+    let config = MuxConfig {
+        incoming_high_watermark: 64 * 1024,
+        incoming_low_watermark: 16 * 1024,
+        incoming_max_bytes: 8 * 1024 * 1024,
+        ..MuxConfig::default()
+    };
+    let (server, client) = link_pair(Cipher::AesGcm, 2, config).await;
+    let mut up = server.open_channel("192.0.2.1".parse().unwrap()).unwrap();
+    let mut down = client.accept().await.unwrap();
+    let data = pattern(2 * 1024 * 1024, 6);
+    up.write_all(&data).await.unwrap();
+    // Nobody reads yet: the receiver pauses us; CLOSE must wait for RESUME.
+    let closer = tokio::spawn(async move {
+        up.close_after_delivery(Duration::from_secs(20)).await;
+        up
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(down.pause_sent(), "the unread data should have paused us");
+    assert!(!closer.is_finished(), "CLOSE went out while paused");
+    let mut got = Vec::new();
+    timeout(LIMIT, down.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+    let _up = timeout(LIMIT, closer).await.unwrap().unwrap();
+}

@@ -118,6 +118,10 @@ impl EndpointConnector {
     }
 }
 
+/// How long a channel whose endpoint finished may wait for the server to
+/// take the last data before CLOSE goes out anyway.
+const CLOSE_SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
 impl Connector for EndpointConnector {
     fn serve(&self, channel: Channel) -> ServeFuture {
         let addr = self.addr.clone();
@@ -197,10 +201,15 @@ async fn relay(channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
             tracing::debug!(%id, "cannot set SO_LINGER on the endpoint socket: {e}");
         }
     }
-    // Dropping the halves closes the channel: CLOSE follows queued data.
-    drop(channel_read);
-    drop(channel_write);
     drop(endpoint);
+    let mut channel = channel_read.unsplit(channel_write);
+    if let RelayEnd::EndpointClosed = end {
+        // The endpoint finished its answer: make sure the server has it all
+        // before CLOSE (see Channel::close_after_delivery).
+        channel.close_after_delivery(CLOSE_SETTLE_LIMIT).await;
+    }
+    // Dropping the channel closes it: CLOSE follows queued data.
+    drop(channel);
     end
 }
 

@@ -13,11 +13,17 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// How often [`Channel::close_after_delivery`] looks at the queues.
+const SETTLE_POLL: Duration = Duration::from_millis(5);
+/// How long it leaves a trailing PAUSE to arrive after the pong.
+const SETTLE_GRACE: Duration = Duration::from_millis(25);
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::frame::{ChannelId, Flow, HEADER_SIZE};
+use super::frame::{ChannelId, FLOW_CONTROL_MIN_VERSION, Flow, HEADER_SIZE};
 use super::multiplexer::Link;
 use super::queue::{OutFrame, PushError};
 
@@ -254,6 +260,43 @@ impl Channel {
     /// water and has not drained to low water yet).
     pub fn pause_sent(&self) -> bool {
         self.shared.pause_sent()
+    }
+
+    /// Close once the peer has provably taken everything sent and is not
+    /// pausing this channel, waiting at most `limit`; then as
+    /// [`close`](Self::close).
+    ///
+    /// Why: the reference (`snitun` 0.47.0) drops the last ~512 KiB of a
+    /// channel when a CLOSE reaches it while it has this channel paused (its
+    /// RESUME then fails on the deleted queue). So when our side ends a
+    /// stream, we first let our queue drain, prove with a ping round trip
+    /// that the peer has read it all, give a PAUSE that data caused time to
+    /// arrive, and wait out any pause before sending CLOSE.
+    pub async fn close_after_delivery(&mut self, limit: Duration) {
+        if self.closed {
+            return;
+        }
+        let settle = async {
+            if self.link.protocol_version() < FLOW_CONTROL_MIN_VERSION {
+                return;
+            }
+            let id = self.shared.id;
+            // Our frames must be on the wire before the ping, which would
+            // otherwise overtake them in the control lane.
+            while self.link.out().queued_bytes(id) > 0 {
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+            if self.link.round_trip().await.is_err() {
+                return;
+            }
+            // A PAUSE the peer queued for our last data may trail its pong.
+            tokio::time::sleep(SETTLE_GRACE).await;
+            while self.link.out().remote_paused(id) {
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, settle).await;
+        self.close();
     }
 
     /// Close the channel: CLOSE is queued after the data already queued, and

@@ -86,7 +86,11 @@ pub(crate) struct Link {
     channels: Mutex<HashMap<ChannelId, Arc<ChannelShared>>>,
     cancel: CancellationToken,
     end: Mutex<Option<LinkEnd>>,
+    /// Pongs received so far.
     pongs: watch::Sender<u64>,
+    /// Pings sent so far; held while queueing one so the numbers follow
+    /// the wire order (the peer answers pings in order).
+    pings: Mutex<u64>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     started: Instant,
@@ -127,6 +131,36 @@ impl Link {
             self.terminate(LinkEnd::Failed(
                 "peer sends control frames faster than it reads our replies".into(),
             ));
+        }
+    }
+
+    /// Send a ping and wait for the pong answering it: once it is back, the
+    /// peer has read everything this link sent before the ping.
+    pub(crate) async fn round_trip(&self) -> Result<()> {
+        let mut pongs = self.pongs.subscribe();
+        let seq = {
+            let mut pings = self.pings.lock().unwrap_or_else(|e| e.into_inner());
+            self.out
+                .push_control(OutFrame::bare(
+                    ChannelId::random(),
+                    Flow::Ping,
+                    PING_REQUEST,
+                ))
+                .map_err(|_| Error::ConnectionClosed {
+                    during: "sending a ping",
+                })?;
+            *pings += 1;
+            *pings
+        };
+        tokio::select! {
+            answered = pongs.wait_for(|n| *n >= seq) => answered
+                .map(|_| ())
+                .map_err(|_| Error::ConnectionClosed { during: "waiting for a pong" }),
+            _ = self.cancel.cancelled() => Err(Error::ConnectionClosed { during: "waiting for a pong" }),
+            _ = tokio::time::sleep(self.config.ping_timeout) => {
+                self.terminate(LinkEnd::PingTimeout);
+                Err(Error::Timeout { during: "waiting for a pong" })
+            }
         }
     }
 
@@ -315,6 +349,7 @@ impl Multiplexer {
             cancel: CancellationToken::new(),
             end: Mutex::new(None),
             pongs: watch::channel(0).0,
+            pings: Mutex::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             started: Instant::now(),
@@ -366,29 +401,10 @@ impl Multiplexer {
         }
     }
 
-    /// Send a ping and wait for the pong (up to the configured ping
+    /// Send a ping and wait for its pong (up to the configured ping
     /// timeout; no pong ends the link).
     pub async fn ping(&self) -> Result<()> {
-        let mut pongs = self.link.pongs.subscribe();
-        pongs.borrow_and_update();
-        self.link
-            .out
-            .push_control(OutFrame::bare(
-                ChannelId::random(),
-                Flow::Ping,
-                PING_REQUEST,
-            ))
-            .map_err(|_| Error::ConnectionClosed {
-                during: "sending a ping",
-            })?;
-        tokio::select! {
-            changed = pongs.changed() => changed.map_err(|_| Error::ConnectionClosed { during: "waiting for a pong" }),
-            _ = self.link.cancel.cancelled() => Err(Error::ConnectionClosed { during: "waiting for a pong" }),
-            _ = tokio::time::sleep(self.link.config.ping_timeout) => {
-                self.link.terminate(LinkEnd::PingTimeout);
-                Err(Error::Timeout { during: "waiting for a pong" })
-            }
-        }
+        self.link.round_trip().await
     }
 
     /// Close the link and every channel on it.
