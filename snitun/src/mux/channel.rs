@@ -276,27 +276,36 @@ impl Channel {
         if self.closed {
             return;
         }
-        let settle = async {
-            if self.link.protocol_version() < FLOW_CONTROL_MIN_VERSION {
+        let _ = tokio::time::timeout(limit, self.delivery_settled()).await;
+        self.close();
+    }
+
+    /// Resolves once the peer has read everything queued on this channel so
+    /// far and is not pausing it (see
+    /// [`close_after_delivery`](Self::close_after_delivery)); holds no
+    /// borrow of the channel, so a relay can keep reading meanwhile. Bound
+    /// it with a timeout.
+    pub fn delivery_settled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let link = self.link.clone();
+        let id = self.shared.id;
+        async move {
+            if link.protocol_version() < FLOW_CONTROL_MIN_VERSION {
                 return;
             }
-            let id = self.shared.id;
             // Our frames must be on the wire before the ping, which would
             // otherwise overtake them in the control lane.
-            while self.link.out().queued_bytes(id) > 0 {
+            while link.out().queued_bytes(id) > 0 {
                 tokio::time::sleep(SETTLE_POLL).await;
             }
-            if self.link.round_trip().await.is_err() {
+            if link.round_trip().await.is_err() {
                 return;
             }
             // A PAUSE the peer queued for our last data may trail its pong.
             tokio::time::sleep(SETTLE_GRACE).await;
-            while self.link.out().remote_paused(id) {
+            while link.out().remote_paused(id) {
                 tokio::time::sleep(SETTLE_POLL).await;
             }
-        };
-        let _ = tokio::time::timeout(limit, settle).await;
-        self.close();
+        }
     }
 
     /// Close the channel: CLOSE is queued after the data already queued, and

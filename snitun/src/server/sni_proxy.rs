@@ -22,7 +22,7 @@
 //!   [`caller_idle_timeout`](super::ServerLimits::caller_idle_timeout): both
 //!   are closed.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -44,6 +44,9 @@ use crate::mux::Channel;
 
 /// Bytes read from a caller at a time (the reference reads 8 KiB).
 const READ_SIZE: usize = 32 * 1024;
+
+/// How long CLOSE may wait for the device to take the caller's last data.
+const CLOSE_SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Most steps one poll of the relay takes before yielding to other tasks.
 const MAX_STEPS_PER_POLL: usize = 32;
@@ -223,6 +226,9 @@ struct Relay<'a> {
     /// closed behind its data), or the channel refused data (it was closed
     /// or failed; its read side tells which).
     up_done: bool,
+    /// The caller sent FIN: CLOSE waits until the device has taken the data
+    /// (see `Channel::close_after_delivery`).
+    closing: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     last_activity: Instant,
 }
 
@@ -234,6 +240,7 @@ impl<'a> Relay<'a> {
             up: first,
             down: Bytes::new(),
             up_done: false,
+            closing: None,
             last_activity: Instant::now(),
         }
     }
@@ -261,6 +268,13 @@ impl<'a> Relay<'a> {
     fn poll_relay(&mut self, cx: &mut TaskContext<'_>) -> Poll<RelayEnd> {
         for _ in 0..MAX_STEPS_PER_POLL {
             let mut progress = false;
+            if let Some(closing) = self.closing.as_mut()
+                && closing.as_mut().poll(cx).is_ready()
+            {
+                self.closing = None;
+                self.channel.close();
+                progress = true;
+            }
             if !self.up_done {
                 match self.poll_up(cx) {
                     Poll::Ready(Ok(())) => progress = true,
@@ -321,10 +335,14 @@ impl<'a> Relay<'a> {
         match self.caller.try_read_buf(&mut self.up) {
             Ok(0) => {
                 // FIN from the caller: CLOSE goes out after the data already
-                // queued; the channel's read side delivers what has arrived,
-                // then ends.
+                // queued, once the device has provably taken it (a reference
+                // client drops a stream's tail when CLOSE meets a pause); the
+                // channel's read side delivers what has arrived, then ends.
                 self.up_done = true;
-                self.channel.close();
+                let settled = self.channel.delivery_settled();
+                self.closing = Some(Box::pin(async move {
+                    let _ = tokio::time::timeout(CLOSE_SETTLE_LIMIT, settled).await;
+                }));
                 Poll::Ready(Ok(()))
             }
             Ok(_) => {
