@@ -48,6 +48,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod support;
+use support::client_hello;
+
 use bytes::BytesMut;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -594,33 +597,6 @@ fn pick(addrs: &[SocketAddr], v6: bool) -> R<SocketAddr> {
 // ---------------------------------------------------------------------------
 // Data: ClientHello, patterns, the endpoint, callers
 // ---------------------------------------------------------------------------
-
-/// A minimal TLS 1.2 ClientHello record carrying `host` as SNI.
-fn client_hello(host: &str) -> Vec<u8> {
-    let name = host.as_bytes();
-    let mut sni = Vec::new();
-    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    sni.push(0);
-    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni.extend_from_slice(name);
-    let mut extensions = vec![0, 0];
-    extensions.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-    extensions.extend_from_slice(&sni);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(0); // session id
-    body.extend_from_slice(&[0, 2, 0x00, 0x2f]); // one cipher suite
-    body.extend_from_slice(&[1, 0]); // null compression
-    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-    body.extend_from_slice(&extensions);
-    let mut handshake = vec![1];
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&body);
-    let mut record = vec![0x16, 3, 1];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
-}
 
 /// 64 KiB of the pattern of `seed`; byte `i` of a stream is
 /// `block[i % 65536]` (the pattern repeats every 256 bytes).

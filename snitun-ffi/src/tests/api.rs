@@ -9,6 +9,11 @@ use std::ptr::{null, null_mut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// The ClientHello layout the core crate's tests use.
+#[path = "../../../snitun/tests/support/mod.rs"]
+mod support;
+use support::client_hello;
+
 use crate::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -678,33 +683,6 @@ unsafe extern "C" fn on_peer_event(
         snitun_peer_event_kind::Disconnected => "peer-disconnected",
     };
     seen.push(format!("{kind} {} {}", text(hostname), text(detail)));
-}
-
-/// A minimal TLS 1.2 ClientHello record carrying `host` as SNI.
-fn client_hello(host: &str) -> Vec<u8> {
-    let name = host.as_bytes();
-    let mut sni = Vec::new();
-    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    sni.push(0);
-    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni.extend_from_slice(name);
-    let mut extensions = vec![0, 0];
-    extensions.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-    extensions.extend_from_slice(&sni);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(0);
-    body.extend_from_slice(&[0, 2, 0x00, 0x2f]);
-    body.extend_from_slice(&[1, 0]);
-    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-    body.extend_from_slice(&extensions);
-    let mut handshake = vec![1];
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&body);
-    let mut record = vec![0x16, 3, 1];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
 }
 
 /// A TCP echo server on loopback, one thread per connection.
