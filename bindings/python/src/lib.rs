@@ -8,6 +8,9 @@
 //! awaitable drops the Rust future. Errors are raised as the exception types
 //! of `snitun_rs.exceptions` (looked up when raised).
 
+mod bridge;
+mod client;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,10 +18,9 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyType};
-use snitun::client::{AccessList, Client, EndpointConnector, Session, parse_networks};
 use snitun::server::{Server, ServerHandle};
 use snitun::token::{KeyRing, TokenClaims};
-use snitun::{Cipher, Error, LinkEnd};
+use snitun::{Cipher, Error};
 
 /// How long `stop()` lets a server's connections drain before cutting them.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +45,7 @@ fn snitun_error(py: Python<'_>, name: &str, message: String) -> PyErr {
 /// The exception a failed client connect raises, as the reference does:
 /// bad arguments are `ValueError`, anything on the way to a working link
 /// (refused, timed out, closed, wrong key) is `SniTunConnectionError`.
-fn connect_error(err: Error) -> PyErr {
+pub(crate) fn connect_error(err: Error) -> PyErr {
     match err {
         Error::Config(_) | Error::UnsupportedCipher(_) | Error::InvalidKey(_) => {
             PyValueError::new_err(err.to_string())
@@ -57,7 +59,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn aes_material(key: &[u8], iv: &[u8]) -> PyResult<([u8; AES_KEY_SIZE], [u8; AES_IV_SIZE])> {
+pub(crate) fn aes_material(
+    key: &[u8],
+    iv: &[u8],
+) -> PyResult<([u8; AES_KEY_SIZE], [u8; AES_IV_SIZE])> {
     let key: [u8; AES_KEY_SIZE] = key
         .try_into()
         .map_err(|_| PyValueError::new_err(format!("aes_key must be {AES_KEY_SIZE} bytes")))?;
@@ -67,7 +72,7 @@ fn aes_material(key: &[u8], iv: &[u8]) -> PyResult<([u8; AES_KEY_SIZE], [u8; AES
     Ok((key, iv))
 }
 
-fn cipher(name: &str) -> PyResult<Cipher> {
+pub(crate) fn cipher(name: &str) -> PyResult<Cipher> {
     Cipher::from_name(name).map_err(|err| PyValueError::new_err(err.to_string()))
 }
 
@@ -232,104 +237,6 @@ impl NativeServer {
     }
 }
 
-/// A connected client session (one link to a server).
-#[pyclass(frozen, module = "snitun_rs._snitun_rs")]
-struct NativeSession {
-    session: Session,
-}
-
-#[pymethods]
-impl NativeSession {
-    /// Whether the link is up.
-    #[getter]
-    fn is_connected(&self) -> bool {
-        self.session.is_connected()
-    }
-
-    /// Resolve when the link has ended, with the reason in words (awaitable).
-    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let session = self.session.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let end: LinkEnd = session.wait().await;
-            Ok(end.to_string())
-        })
-    }
-
-    /// Close the link and wait until every task of the session has ended
-    /// (awaitable).
-    fn disconnect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let session = self.session.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            session.disconnect().await;
-            Ok(())
-        })
-    }
-}
-
-/// Connect to a server's peer port and serve its channels by relaying them
-/// to the TCP endpoint `endpoint` (awaitable resolving to a
-/// `NativeSession`).
-///
-/// `access` is None (everyone may connect), or `("allow"|"block",
-/// [networks])`. `on_endpoint_error` is called (from a Rust thread, with the
-/// GIL) each time the endpoint cannot be reached.
-#[pyfunction]
-#[pyo3(signature = (server, token, aes_key, aes_iv, cipher_name, protocol_version, throttling, endpoint, access, on_endpoint_error))]
-#[allow(clippy::too_many_arguments)]
-fn connect<'py>(
-    py: Python<'py>,
-    server: String,
-    token: Vec<u8>,
-    aes_key: &[u8],
-    aes_iv: &[u8],
-    cipher_name: &str,
-    protocol_version: u8,
-    throttling: Option<u32>,
-    endpoint: String,
-    access: Option<(String, Vec<String>)>,
-    on_endpoint_error: Option<Py<PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let (key, iv) = aes_material(aes_key, aes_iv)?;
-    let access_list = match access {
-        None => AccessList::allow_all(),
-        Some((mode, networks)) => {
-            let networks =
-                parse_networks(networks).map_err(|err| PyValueError::new_err(err.to_string()))?;
-            match mode.as_str() {
-                "allow" => AccessList::allow(networks),
-                "block" => AccessList::block(networks),
-                other => {
-                    return Err(PyValueError::new_err(format!(
-                        "access list action must be allow or block, not {other:?}"
-                    )));
-                }
-            }
-        }
-    };
-    let mut builder = Client::builder(server)
-        .token(token)
-        .aes(key, iv)
-        .cipher(cipher(cipher_name)?)
-        .protocol_version(protocol_version)
-        .throttling(throttling)
-        .access_list(access_list)
-        .connector(EndpointConnector::new(endpoint));
-    if let Some(callback) = on_endpoint_error {
-        builder = builder.on_endpoint_error(move |error| {
-            tracing::debug!(%error, "endpoint error");
-            Python::attach(|py| {
-                if let Err(err) = callback.call0(py) {
-                    err.write_unraisable(py, None);
-                }
-            });
-        });
-    }
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
-        let session = builder.connect().await.map_err(connect_error)?;
-        Ok(NativeSession { session })
-    })
-}
-
 /// Route Rust log records (from `tracing`, through `log`) to Python
 /// `logging`, under `snitun_rs.<rust module path>` logger names (levels are looked up
 /// on each record, so `setLevel` takes effect at once).
@@ -348,9 +255,10 @@ fn install_logging(py: Python<'_>) -> PyResult<()> {
 fn _snitun_rs(module: &Bound<'_, PyModule>) -> PyResult<()> {
     install_logging(module.py())?;
     module.add_function(wrap_pyfunction!(mint_token, module)?)?;
-    module.add_function(wrap_pyfunction!(connect, module)?)?;
+    module.add_function(wrap_pyfunction!(client::connect, module)?)?;
     module.add_class::<NativeServer>()?;
-    module.add_class::<NativeSession>()?;
+    module.add_class::<client::NativeSession>()?;
+    module.add_class::<bridge::NativeChannel>()?;
     module.add("PROTOCOL_VERSION", snitun::token::CURRENT_PROTOCOL_VERSION)?;
     Ok(())
 }

@@ -131,3 +131,11 @@ async def call_through(sni_port: int, payload: bytes, host: str = HOSTNAME) -> b
                 sending.cancel()
     finally:
         writer.close()
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory):
+    """A certificate for HOSTNAME and contexts trusting it."""
+    from .tls import make_tls
+
+    return make_tls(tmp_path_factory.mktemp("tls"), HOSTNAME)

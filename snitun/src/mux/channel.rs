@@ -221,19 +221,27 @@ impl Channel {
     /// Send `data` without copying it, waiting while the channel is over
     /// water or paused by the remote. Large buffers are split into frames.
     pub async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await
+    }
+
+    /// Poll to queue all of `data` without copying it: frames are split
+    /// off the front of `data` as the queue takes them, so on `Pending`
+    /// what is left in `data` is what has not been queued yet (a bridge
+    /// can poll reads and writes from one task without losing bytes).
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        let max = self.link.config().max_send_frame.max(1);
+        let id = self.shared.id;
         while !data.is_empty() {
-            let max = self.link.config().max_send_frame.max(1);
-            std::future::poll_fn(|cx| {
-                let id = self.shared.id;
-                self.link.out().poll_push_data(cx, id, || {
-                    let take = data.len().min(max);
-                    data.split_to(take)
-                })
-            })
-            .await
-            .map_err(|e| self.push_error(e))?;
+            match self.link.out().poll_push_data(cx, id, || {
+                let take = data.len().min(max);
+                data.split_to(take)
+            }) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.push_error(e))),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// True when a write would be taken now (not over water, not paused).

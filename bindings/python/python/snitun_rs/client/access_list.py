@@ -41,9 +41,8 @@ class AccessList:
     /128 networks, so addresses, network objects and CIDR strings can all be
     added.
 
-    snitun-rs applies the list as it is when the client connects (the Rust
-    side checks every channel without calling into Python); changes made
-    afterwards apply from the next ``start()``.
+    The list is asked for every new caller, so changes apply at once, also
+    while connected (it may be asked from a Rust thread, holding the GIL).
     """
 
     default_action: AccessListAction = AccessListAction.ALLOW
@@ -59,11 +58,8 @@ class AccessList:
 
     def check_policy(self, ip_address: IPAddress) -> bool:
         """Whether a caller at ``ip_address`` may connect."""
-        listed = any(ip_address in network for network in self.networks)
+        # A snapshot: another thread may edit the set meanwhile.
+        listed = any(ip_address in network for network in tuple(self.networks))
         if self.default_action is AccessListAction.ALLOW:
             return listed
         return not listed
-
-    def _native(self) -> tuple[str, list[str]]:
-        """The list as the native client takes it."""
-        return (str(self.default_action), [str(net) for net in self.networks])

@@ -6,9 +6,12 @@ import asyncio
 from collections.abc import Callable
 import logging
 
-from .._snitun_rs import NativeSession, connect
+import contextvars
+
+from .._snitun_rs import NativeChannel, NativeSession, connect
 from ..utils import DEFAULT_CIPHER, DEFAULT_PROTOCOL_VERSION
-from .connector import Connector, EndpointConnector
+from ._transport import serve_tls
+from .connector import Connector, EndpointConnector, TransportConnector
 
 __all__ = ("ClientPeer",)
 
@@ -28,6 +31,7 @@ class ClientPeer:
         self._snitun_host = snitun_host
         self._snitun_port = snitun_port or 8080
         self._session: NativeSession | None = None
+        self._channel_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def is_connected(self) -> bool:
@@ -77,17 +81,23 @@ class ClientPeer:
         """
         if self.is_connected:
             raise RuntimeError("SniTun connection available")
-        if not isinstance(connector, EndpointConnector):
+        loop = asyncio.get_running_loop()
+        endpoint: str | None = None
+        on_channel = None
+        if isinstance(connector, EndpointConnector):
+            endpoint = connector._endpoint
+        elif isinstance(connector, TransportConnector):
+            on_channel = self._channel_handler(connector, loop)
+        else:
             raise TypeError(
-                "snitun_rs.ClientPeer serves EndpointConnector connectors; "
-                f"got {type(connector).__name__}"
+                "snitun_rs.ClientPeer serves EndpointConnector and "
+                f"TransportConnector connectors; got {type(connector).__name__}"
             )
         # A previous link that ended on its own leaves nothing to clean up.
         self._session = None
         host = self._snitun_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        access_list = connector.access_list
         self._session = await connect(
             f"{host}:{self._snitun_port}",
             bytes(fernet_token),
@@ -96,9 +106,10 @@ class ClientPeer:
             cipher,
             protocol_version,
             throttling,
-            connector._endpoint,
-            None if access_list is None else access_list._native(),
-            _error_notifier(connector, asyncio.get_running_loop()),
+            endpoint,
+            on_channel,
+            connector._access_check(),
+            _error_notifier(connector, loop),
         )
         _LOGGER.debug(
             "Connected to SniTun server %s:%s", self._snitun_host, self._snitun_port
@@ -110,14 +121,39 @@ class ClientPeer:
             raise RuntimeError("No SniTun connection available")
         session, self._session = self._session, None
         await session.disconnect()
+        # In-process channels end on the loop: their transports hear of the
+        # end from Rust (connection_lost), then their tasks finish.
+        if self._channel_tasks:
+            await asyncio.wait(list(self._channel_tasks), timeout=10)
+
+    def _channel_handler(
+        self, connector: TransportConnector, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[NativeChannel], None]:
+        """What Rust calls (from its threads) for each new channel: serve it
+        on ``loop`` as a task, in a copy of the current context (so context
+        variables set before ``start()`` are seen by request handlers)."""
+        context = contextvars.copy_context()
+        tasks = self._channel_tasks
+
+        def _serve(native: NativeChannel) -> None:
+            task = loop.create_task(
+                serve_tls(native, connector._protocol_factory, connector._ssl_context)
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        def _on_channel(native: NativeChannel) -> None:
+            loop.call_soon_threadsafe(_serve, native, context=context)
+
+        return _on_channel
 
 
 def _error_notifier(
-    connector: EndpointConnector, loop: asyncio.AbstractEventLoop
+    connector: Connector, loop: asyncio.AbstractEventLoop
 ) -> Callable[[], None] | None:
     """A thread-safe function that runs the connector's error callback on
     ``loop`` (Rust calls it from its own threads)."""
-    callback = connector._endpoint_connection_error_callback
+    callback = getattr(connector, "_endpoint_connection_error_callback", None)
     if callback is None:
         return None
     tasks: set[asyncio.Task[None]] = set()
