@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+import hashlib
+
+from aiohttp import web
 
 import pytest
 
@@ -17,10 +20,13 @@ from snitun.utils.server import generate_client_token as ref_generate_token  # n
 
 from snitun_rs.client.client_peer import ClientPeer  # noqa: E402
 from snitun_rs.client.connector import EndpointConnector  # noqa: E402
+from snitun_rs.utils.aiohttp_client import SniTunClientAioHttp  # noqa: E402
 from snitun_rs.utils.server import generate_client_token  # noqa: E402
 
 from .conftest import HOSTNAME, Creds, Echo, Running, call_through, wait_for  # noqa: E402
+from .test_aiohttp import AppState, https, make_app, stream_bytes  # noqa: E402
 from .test_tunnel import free_port  # noqa: E402
+from .tls import Tls  # noqa: E402
 
 
 @pytest.mark.parametrize("cipher", ["aes-cbc", "aes-gcm", "aes-gcm-siv"])
@@ -74,5 +80,41 @@ async def test_our_client_on_reference_server(echo: Echo, creds: Creds, cipher: 
         assert (await call_through(sni_port, payload)).endswith(payload)
         await peer.stop()
     finally:
+        await ref.stop()
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("cipher", ["aes-cbc", "aes-gcm", "aes-gcm-siv"])
+async def test_aiohttp_drop_in_through_reference_server(creds: Creds, tls: Tls, cipher: str) -> None:
+    """Our SniTunClientAioHttp serving real HTTPS requests through the
+    reference's server."""
+    sni_port, peer_port = free_port(), free_port()
+    ref = RefSniTunServer(
+        creds.keys, sni_port=sni_port, sni_host="127.0.0.1", peer_port=peer_port, peer_host="127.0.0.1"
+    )
+    await ref.start()
+    state = AppState([], [], [])
+    runner = web.AppRunner(make_app(state))
+    await runner.setup()
+    try:
+        client = SniTunClientAioHttp(runner, tls.server_context(), "127.0.0.1", peer_port)
+        await client.start()
+        await client.connect(
+            creds.token(cipher), creds.aes_key, creds.aes_iv, protocol_version=2, cipher=cipher
+        )
+        await wait_for(lambda: ref.peers.connections == 1)
+        status, body = await https(sni_port, tls, "GET", "/hello")
+        assert (status, body) == (200, b"hello 127.0.0.1 cloud=False")
+        size = 16 * 1024 * 1024
+        status, body = await https(sni_port, tls, "GET", f"/download?size={size}")
+        assert status == 200
+        assert hashlib.sha256(body).digest() == hashlib.sha256(stream_bytes(size)).digest()
+        payload = stream_bytes(size)
+        status, _ = await https(sni_port, tls, "POST", "/upload", payload)
+        assert status == 200
+        assert state.uploads == [(size, hashlib.sha256(payload).hexdigest())]
+        await client.stop()
+    finally:
+        await runner.cleanup()
         await ref.stop()
         await asyncio.sleep(0)
