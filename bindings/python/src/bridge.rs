@@ -141,9 +141,10 @@ impl Bridge {
 
     /// Ask the loop to run the transport's `_wake` (from the pump).
     fn schedule(self: &Arc<Self>, wake: Arc<Py<PyAny>>) {
-        // try_attach: during interpreter shutdown there is no one to tell.
-        let sent = Python::try_attach(|py| wake.call0(py).map(drop).map_err(|e| e.to_string()))
-            .unwrap_or_else(|| Err("the interpreter is shutting down".into()));
+        // None: the interpreter is exiting, there is no one to tell.
+        let sent =
+            crate::runtime::with_python(|py| wake.call0(py).map(drop).map_err(|e| e.to_string()))
+                .unwrap_or_else(|| Err("the interpreter is exiting".into()));
         if let Err(err) = sent {
             // The loop is closed: nobody will read or write this channel
             // again, so end it instead of queueing for no one.

@@ -41,7 +41,7 @@ impl NativeSession {
     /// Resolve when the link has ended, with the reason in words (awaitable).
     fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let session = self.session.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::spawn_py(py, async move {
             let end: LinkEnd = session.wait().await;
             Ok(end.to_string())
         })
@@ -51,7 +51,7 @@ impl NativeSession {
     /// (awaitable).
     fn disconnect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let session = self.session.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::spawn_py(py, async move {
             session.disconnect().await;
             Ok(())
         })
@@ -67,7 +67,7 @@ impl AccessCheck {
         let Some(check) = &self.0 else {
             return true;
         };
-        Python::try_attach(|py| {
+        crate::runtime::with_python(|py| {
             check
                 .call1(py, (caller.to_string(),))
                 .and_then(|verdict| verdict.is_truthy(py))
@@ -113,7 +113,7 @@ impl Connector for Transport {
             return refuse(channel);
         }
         let bridge = Bridge::new(channel.peer_ip());
-        let handed = Python::try_attach(|py| {
+        let handed = crate::runtime::with_python(|py| {
             let native = Py::new(
                 py,
                 NativeChannel {
@@ -227,14 +227,14 @@ pub(crate) fn connect<'py>(
     if let Some(callback) = on_endpoint_error {
         builder = builder.on_endpoint_error(move |error| {
             tracing::debug!(%error, "endpoint error");
-            Python::try_attach(|py| {
+            crate::runtime::with_python(|py| {
                 if let Err(err) = callback.call0(py) {
                     err.write_unraisable(py, None);
                 }
             });
         });
     }
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    crate::runtime::spawn_py(py, async move {
         let session = builder.connect().await.map_err(connect_error)?;
         Ok(NativeSession { session })
     })

@@ -10,6 +10,7 @@
 
 mod bridge;
 mod client;
+mod runtime;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyType};
+use pyo3::types::PyBytes;
 use snitun::server::{Server, ServerHandle};
 use snitun::token::{KeyRing, TokenClaims};
 use snitun::{Cipher, Error};
@@ -29,18 +30,18 @@ const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const AES_KEY_SIZE: usize = 32;
 const AES_IV_SIZE: usize = 16;
 
-/// An exception of `snitun_rs.exceptions` by class name, falling back to
-/// `RuntimeError` if the module cannot be imported.
-fn snitun_error(py: Python<'_>, name: &str, message: String) -> PyErr {
-    let class = py
-        .import("snitun_rs.exceptions")
-        .and_then(|module| module.getattr(name))
-        .and_then(|class| class.cast_into::<PyType>().map_err(PyErr::from));
-    match class {
-        Ok(class) => PyErr::from_type(class, message),
-        Err(_) => PyRuntimeError::new_err(message),
-    }
-}
+pyo3::create_exception!(
+    snitun_rs.exceptions,
+    SniTunError,
+    pyo3::exceptions::PyException,
+    "Base exception of snitun_rs."
+);
+pyo3::create_exception!(
+    snitun_rs.exceptions,
+    SniTunConnectionError,
+    SniTunError,
+    "The client cannot connect to the server (refused, timed out, rejected)."
+);
 
 /// The exception a failed client connect raises, as the reference does:
 /// bad arguments are `ValueError`, anything on the way to a working link
@@ -50,7 +51,8 @@ pub(crate) fn connect_error(err: Error) -> PyErr {
         Error::Config(_) | Error::UnsupportedCipher(_) | Error::InvalidKey(_) => {
             PyValueError::new_err(err.to_string())
         }
-        other => Python::attach(|py| snitun_error(py, "SniTunConnectionError", other.to_string())),
+        // Lazy: made without the GIL, on a runtime thread.
+        other => SniTunConnectionError::new_err(other.to_string()),
     }
 }
 
@@ -168,7 +170,7 @@ impl NativeServer {
             builder = builder.listen(*addr);
         }
         let slot = self.handle.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::spawn_py(py, async move {
             let server = builder.bind().await.map_err(|err| match err {
                 Error::Io(io) => PyOSError::new_err(io.to_string()),
                 other => PyValueError::new_err(other.to_string()),
@@ -183,7 +185,7 @@ impl NativeServer {
         let Some(handle) = lock(&self.handle).take() else {
             return Err(PyRuntimeError::new_err("server not started"));
         };
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::spawn_py(py, async move {
             handle
                 .shutdown(SERVER_STOP_TIMEOUT)
                 .await
@@ -244,7 +246,7 @@ fn install_logging(py: Python<'_>) -> PyResult<()> {
     let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::Loggers)?.set_prefix("snitun_rs");
     // A second import in the same process (e.g. sub-interpreters) finds a
     // logger installed already; that one keeps working.
-    if logger.install().is_ok() {
+    if log::set_boxed_logger(Box::new(runtime::GatedLogger(logger))).is_ok() {
         log::set_max_level(log::LevelFilter::Trace);
     }
     Ok(())
@@ -256,9 +258,16 @@ fn _snitun_rs(module: &Bound<'_, PyModule>) -> PyResult<()> {
     install_logging(module.py())?;
     module.add_function(wrap_pyfunction!(mint_token, module)?)?;
     module.add_function(wrap_pyfunction!(client::connect, module)?)?;
+    module.add_function(wrap_pyfunction!(runtime::quiesce, module)?)?;
     module.add_class::<NativeServer>()?;
     module.add_class::<client::NativeSession>()?;
     module.add_class::<bridge::NativeChannel>()?;
+    let py = module.py();
+    module.add("SniTunError", py.get_type::<SniTunError>())?;
+    module.add(
+        "SniTunConnectionError",
+        py.get_type::<SniTunConnectionError>(),
+    )?;
     module.add("PROTOCOL_VERSION", snitun::token::CURRENT_PROTOCOL_VERSION)?;
     Ok(())
 }

@@ -159,6 +159,17 @@ async def https(
             writer.close()
 
 
+async def https_when_ready(port: int, tls: Tls, method: str, path: str, wait: float = 10) -> tuple[int, bytes]:
+    """``https()``, retried while the server is still registering a peer
+    that has just connected (it refuses callers for an unknown hostname)."""
+    async with asyncio.timeout(wait):
+        while True:
+            try:
+                return await https(port, tls, method, path)
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+                await asyncio.sleep(0.05)
+
+
 async def test_https_request_through_our_server(served: Served, server: Running, tls: Tls) -> None:
     status, body = await https(server.sni_port, tls, "GET", "/hello")
     assert status == 200

@@ -11,6 +11,7 @@ import importlib.util
 import json
 from pathlib import Path
 import signal
+import ssl
 import sys
 
 import pytest
@@ -59,9 +60,17 @@ async def spawn() -> AsyncIterator:
 
 async def get(port: int, hostname: str, tls: Tls) -> dict:
     async with asyncio.timeout(20):
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls.client_context(), server_hostname=hostname
-        )
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=tls.client_context(), server_hostname=hostname
+                )
+            except (ConnectionError, ssl.SSLError):
+                # The server is still registering the device that has just
+                # connected.
+                await asyncio.sleep(0.05)
+                continue
+            break
         writer.write(f"GET / HTTP/1.1\r\nHost: {hostname}\r\nConnection: close\r\n\r\n".encode())
         response = await reader.read()
         writer.close()

@@ -17,7 +17,7 @@ import pytest
 from snitun_rs.utils.aiohttp_client import SniTunClientAioHttp
 
 from .conftest import Creds, wait_for
-from .test_aiohttp import AppState, https, make_app
+from .test_aiohttp import AppState, https, https_when_ready, make_app
 from .test_tunnel import free_port
 from .tls import Tls
 
@@ -93,7 +93,7 @@ async def test_server_killed_mid_session(
     client = SniTunClientAioHttp(runner, tls.server_context(), "127.0.0.1", server_process.peer_port)
     await client.start()
     await client.connect(creds.token(), creds.aes_key, creds.aes_iv, protocol_version=2)
-    assert (await https(server_process.sni_port, tls, "GET", "/hello"))[0] == 200
+    assert (await https_when_ready(server_process.sni_port, tls, "GET", "/hello"))[0] == 200
     # A caller in the middle of a download when the server dies.
     streaming = asyncio.create_task(
         https(server_process.sni_port, tls, "GET", f"/download?size={512 * 1024 * 1024}")
@@ -112,7 +112,7 @@ async def test_server_killed_mid_session(
     await server_process.start()
     await client.connect(creds.token(), creds.aes_key, creds.aes_iv, protocol_version=2)
     assert client.is_connected
-    assert (await https(server_process.sni_port, tls, "GET", "/hello"))[0] == 200
+    assert (await https_when_ready(server_process.sni_port, tls, "GET", "/hello"))[0] == 200
     await client.stop()
 
 
@@ -178,7 +178,7 @@ async def test_pong_never_comes(
         client = SniTunClientAioHttp(runner, tls.server_context(), "127.0.0.1", relay.port)
         await client.start()
         await client.connect(creds.token(), creds.aes_key, creds.aes_iv, protocol_version=2)
-        assert (await https(server_process.sni_port, tls, "GET", "/hello"))[0] == 200
+        assert (await https_when_ready(server_process.sni_port, tls, "GET", "/hello"))[0] == 200
 
         ended = client.wait()
         relay.stalled.set()
@@ -223,3 +223,46 @@ def test_ping_environment_is_checked(creds: Creds) -> None:
             del os.environ["SNITUN_RS_PING_INTERVAL"]
 
     asyncio.run(attempt())
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, base64, os, sys
+    from datetime import timedelta
+    from snitun_rs.client.client_peer import ClientPeer
+    from snitun_rs.client.connector import EndpointConnector
+    from snitun_rs.server.run import SniTunServer
+    from snitun_rs.utils.aes import generate_aes_keyset
+    from snitun_rs.utils.server import generate_client_token
+
+    async def main():
+        keys = [base64.urlsafe_b64encode(os.urandom(32)).decode()]
+        server = SniTunServer(keys, sni_port=0, sni_host="127.0.0.1", peer_port=0, peer_host="127.0.0.1")
+        await server.start()
+        port = {kind: port for kind, _, port in server.addresses}["peer"]
+        key, iv = generate_aes_keyset()
+        token = generate_client_token(keys, timedelta(hours=1), "exit.test", key, iv)
+        peer = ClientPeer("127.0.0.1", port)
+        await peer.start(EndpointConnector("127.0.0.1", 9), token, key, iv, protocol_version=2)
+        if sys.argv[1] == "clean":
+            await peer.stop()
+            await server.stop()
+        # "sloppy": exit with the session and the server still running.
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["clean", "sloppy"])
+async def test_process_exits_cleanly_right_after_stop(how: str) -> None:
+    """Regression: a process that exits right after stopping (or without
+    stopping) must not crash in interpreter finalization while the Rust
+    threads still hold Python objects (it did, about one run in ten)."""
+    for _ in range(12):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", EXIT_SCRIPT, how, stderr=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            _, stderr = await proc.communicate()
+        assert proc.returncode == 0, stderr.decode()

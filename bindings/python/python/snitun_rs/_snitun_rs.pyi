@@ -5,6 +5,11 @@ from collections.abc import Callable
 
 PROTOCOL_VERSION: int
 
+def quiesce() -> None: ...
+
+class SniTunError(Exception): ...
+class SniTunConnectionError(SniTunError): ...
+
 def mint_token(
     keys: list[str],
     valid: float,

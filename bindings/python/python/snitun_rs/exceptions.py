@@ -1,8 +1,21 @@
 """SniTun exceptions, with the reference's names and hierarchy."""
 
+# Defined in the native module, which raises them from its own threads.
+from ._snitun_rs import SniTunConnectionError, SniTunError
 
-class SniTunError(Exception):
-    """Base exception of snitun_rs."""
+__all__ = (
+    "MultiplexerTransportClose",
+    "MultiplexerTransportDecrypt",
+    "MultiplexerTransportError",
+    "ParseProxyProtocolError",
+    "ParseProxyProtocolIncompleteError",
+    "ParseSNIError",
+    "ParseSNIIncompleteError",
+    "SniTunChallengeError",
+    "SniTunConnectionError",
+    "SniTunError",
+    "SniTunInvalidPeer",
+)
 
 
 class SniTunChallengeError(SniTunError):
@@ -39,7 +52,3 @@ class MultiplexerTransportClose(SniTunError):
 
 class MultiplexerTransportDecrypt(SniTunError):
     """A multiplexer message could not be decrypted."""
-
-
-class SniTunConnectionError(SniTunError):
-    """The client cannot connect to the server (refused, timed out, rejected)."""
