@@ -60,6 +60,24 @@ CARGO_TARGET_DIR="$target" "$target/py311/bin/maturin" build "${profile_flag[@]}
   -m bindings/python/Cargo.toml -o "$target/wheels-py" -q
 wheel=$(ls "$target"/wheels-py/snitun_rs-*-abi3-*.whl)
 
+# `pip install ./bindings/python` (maturin as the PEP 517 backend) into a
+# fresh venv must work too; same target dir and profile, so cargo reuses
+# the build above.
+echo "--- pip install ./bindings/python into a fresh CPython 3.11 venv"
+rm -rf "$target/py-pip"
+"$py311" -m venv "$target/py-pip"
+CARGO_TARGET_DIR="$target" MATURIN_PEP517_ARGS="${profile_flag[*]:---profile dev}" \
+  "$target/py-pip/bin/python" -m pip install -q --disable-pip-version-check ./bindings/python
+"$target/py-pip/bin/python" -c "
+import snitun_rs
+from snitun_rs.utils.aiohttp_client import SniTunClientAioHttp
+from snitun_rs.client.client_peer import ClientPeer
+from snitun_rs.server.run import SniTunServer
+assert snitun_rs.PROTOCOL_VERSION == 2
+print('pip install ok:', snitun_rs.__file__)
+"
+rm -rf "$target/py-pip"
+
 for venv in py311 py313; do
   echo "--- pytest on $("$target/$venv/bin/python" -V)"
   "$target/$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
