@@ -97,6 +97,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A peer sent more than a configured limit allows (see
+    /// [`ServerLimits`](crate::server::ServerLimits)).
+    #[error("limit exceeded: {what} (limit {limit})")]
+    LimitExceeded {
+        /// What went over the limit.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+
     /// An invalid argument or configuration value given by the caller.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -1018,6 +1018,19 @@ mod tests {
     }
 
     #[test]
+    fn expiry_survives_the_json_round_trip_exactly() {
+        // Regression: serde_json without `float_roundtrip` read some
+        // timestamps 1 ULP off (about one fresh token in a few hundred).
+        let ring = KeyRing::new(vec![FernetKey::generate()]).unwrap();
+        for i in 0..2000u32 {
+            let mut claims = TokenClaims::new("device.example", Duration::ZERO);
+            claims.valid = 1_767_139_200.0 + f64::from(i) * 0.000_137_9 + 1e9;
+            let token = ring.validate_at(ring.mint(&claims).as_bytes(), 0.0).unwrap();
+            assert_eq!(token.valid.to_bits(), claims.valid.to_bits(), "{}", claims.valid);
+        }
+    }
+
+    #[test]
     fn python_float_reprs() {
         for (value, python) in [
             (4_290_105_600.0, "4290105600.0"),

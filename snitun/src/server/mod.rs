@@ -40,6 +40,7 @@ use crate::handshake::HandshakeConfig;
 use crate::mux::MuxConfig;
 use crate::token::KeyRing;
 
+mod admission;
 mod listen;
 mod peer_listener;
 pub mod proxy_protocol;
@@ -48,7 +49,10 @@ mod single_port;
 pub mod sni;
 mod sni_proxy;
 
+pub use admission::Refusals;
 pub use registry::{PeerEvent, PeerInfo};
+
+use admission::Admission;
 
 use listen::PortKind;
 use registry::Registry;
@@ -58,7 +62,15 @@ use tokio_util::task::TaskTracker;
 /// before it returns anyway (the reference waits 10 s for its peers).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Server-side time limits (the reference's values by default).
+/// Server-side time limits (the reference's values by default) and
+/// admission limits (the reference has none; ours are far above what one
+/// server serves normally, and bound what strangers can make it hold).
+///
+/// Beyond an admission limit new work is refused cleanly (the new
+/// connection is closed, or the new peer turned away) and existing tunnels
+/// are not touched; refusals are counted in
+/// [`ServerHandle::refusals`] and the `snitun.limits.refused` metric, and
+/// logged at most once per 10 s per limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
     /// SNI port: the PROXY header (if enabled) and the first TLS record
@@ -72,6 +84,21 @@ pub struct ServerLimits {
     pub caller_idle_timeout: Duration,
     /// How often a connected peer's token expiry is checked again (4 h).
     pub revalidate_interval: Duration,
+    /// Peer connections in their handshake (token and challenge) at once
+    /// (1,024); more are closed at once.
+    pub max_handshakes: usize,
+    /// Registered peers (100,000); an authenticated peer beyond this is
+    /// turned away (one replacing a connected peer's hostname is not).
+    pub max_peers: usize,
+    /// Open channels on one peer's link (10,000); a caller beyond this is
+    /// closed.
+    pub max_channels_per_peer: usize,
+    /// Caller connections waiting for their ClientHello (or, in
+    /// single-port mode, their first bytes) at once (10,000).
+    pub max_pending_hellos: usize,
+    /// Bytes a caller may send before its ClientHello is complete (32 KiB;
+    /// a ClientHello record is at most 16 KiB).
+    pub max_hello_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -81,6 +108,11 @@ impl Default for ServerLimits {
             single_port_timeout: Duration::from_secs(10),
             caller_idle_timeout: Duration::from_secs(90),
             revalidate_interval: Duration::from_secs(4 * 3600),
+            max_handshakes: 1024,
+            max_peers: 100_000,
+            max_channels_per_peer: 10_000,
+            max_pending_hellos: 10_000,
+            max_hello_bytes: 32 * 1024,
         }
     }
 }
@@ -105,6 +137,7 @@ pub(crate) struct Context {
     pub(crate) mux_config: MuxConfig,
     pub(crate) handshake: HandshakeConfig,
     pub(crate) limits: ServerLimits,
+    pub(crate) admission: Admission,
     /// Cancelled when the server shuts down.
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -229,6 +262,7 @@ impl ServerBuilder {
             mux_config,
             handshake: self.handshake,
             limits: self.limits,
+            admission: Admission::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -378,6 +412,17 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
+    /// How often each admission limit of [`ServerLimits`] has refused work.
+    pub fn refusals(&self) -> Refusals {
+        self.ctx.admission.refusals()
+    }
+
+    /// Peer connections in their handshake and callers waiting for their
+    /// ClientHello, now.
+    pub fn pending(&self) -> (usize, usize) {
+        self.ctx.admission.in_progress()
+    }
+
     /// A snapshot of every connected peer, sorted by hostname.
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.ctx

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use super::Context;
+use super::admission::Limit;
 use super::registry::PeerEntry;
 use crate::crypto::{CipherState, Role};
 use crate::error::Error;
@@ -39,6 +40,12 @@ pub(crate) async fn serve_peer(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%remote, error = %e, "cannot set TCP_NODELAY on a peer connection");
     }
+    let Some(in_handshake) =
+        ctx.admission
+            .enter(Limit::Handshakes, ctx.limits.max_handshakes, remote)
+    else {
+        return;
+    };
     let (token, state) = tokio::select! {
         _ = ctx.cancel.cancelled() => return,
         done = handshake(&ctx, &mut stream, remote, received) => match done {
@@ -46,6 +53,13 @@ pub(crate) async fn serve_peer(
             None => return,
         },
     };
+    drop(in_handshake);
+    // A peer taking over a connected hostname does not add to the count.
+    let max_peers = ctx.limits.max_peers;
+    if ctx.registry.len() >= max_peers && ctx.registry.lookup(&token.hostname).is_none() {
+        ctx.admission.refuse(Limit::Peers, max_peers, remote);
+        return;
+    }
     let mux = Multiplexer::new(
         stream,
         state,

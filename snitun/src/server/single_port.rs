@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::Context;
+use super::admission::Limit;
 use super::peer_listener::serve_peer;
 use super::proxy_protocol::read_proxy_header;
 use super::sni_proxy::{Source, serve_tls};
@@ -51,6 +52,14 @@ fn classify(buf: &[u8]) -> Kind {
 
 /// Serve one connection on a single-port listener.
 pub(crate) async fn serve(ctx: Arc<Context>, mut stream: TcpStream, remote: SocketAddr) {
+    // Until it is known to be a caller or a peer, a connection counts as a
+    // caller waiting to be routed.
+    let Some(pending) =
+        ctx.admission
+            .enter(Limit::PendingHellos, ctx.limits.max_pending_hellos, remote)
+    else {
+        return;
+    };
     let mut buf = BytesMut::new();
     let read = async {
         let source = if ctx.proxy_protocol {
@@ -96,6 +105,7 @@ pub(crate) async fn serve(ctx: Arc<Context>, mut stream: TcpStream, remote: Sock
             }
         },
     };
+    drop(pending);
     match kind {
         Kind::Tls => serve_tls(ctx, stream, remote, buf, Source::Known(source)).await,
         Kind::Peer => serve_peer(ctx, stream, remote, buf).await,

@@ -316,16 +316,31 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
 ) -> Result<String, Error> {
+    read_client_hello_within(reader, buf, MAX_CLIENT_HELLO_BUFFER).await
+}
+
+/// [`read_client_hello`] keeping at most `max_buffer` bytes (at least
+/// 4 KiB): a record announcing more is [`Error::LimitExceeded`].
+pub async fn read_client_hello_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    max_buffer: usize,
+) -> Result<String, Error> {
+    let max_buffer = max_buffer.clamp(READ_CHUNK, MAX_CLIENT_HELLO_BUFFER);
     loop {
         let needed = bytes_needed(buf)?;
         if buf.len() >= needed {
             break;
         }
-        if needed > MAX_CLIENT_HELLO_BUFFER {
-            return Err(invalid("ClientHello record larger than the buffer limit"));
+        if needed > max_buffer {
+            return Err(Error::LimitExceeded {
+                what: "bytes before a complete ClientHello",
+                limit: max_buffer,
+            });
         }
-        buf.reserve(READ_CHUNK);
-        let read = reader.read_buf(buf).await?;
+        let room = max_buffer - buf.len();
+        buf.reserve(READ_CHUNK.min(room));
+        let read = (&mut *reader).take(room as u64).read_buf(buf).await?;
         if read == 0 {
             return Err(Error::ConnectionClosed {
                 during: "reading the ClientHello",

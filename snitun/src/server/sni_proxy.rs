@@ -37,8 +37,9 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
+use super::admission::Limit;
 use super::proxy_protocol::read_proxy_header;
-use super::sni::read_client_hello;
+use super::sni::read_client_hello_within;
 use crate::error::Error;
 use crate::mux::Channel;
 
@@ -77,6 +78,12 @@ pub(crate) async fn serve_tls(
     mut buf: BytesMut,
     source: Source,
 ) {
+    let Some(pending) =
+        ctx.admission
+            .enter(Limit::PendingHellos, ctx.limits.max_pending_hellos, remote)
+    else {
+        return;
+    };
     let read = async {
         let source = match source {
             Source::Known(source) => source,
@@ -85,7 +92,8 @@ pub(crate) async fn serve_tls(
                 .and_then(|header| header.source),
             Source::Unread => None,
         };
-        let hostname = read_client_hello(&mut stream, &mut buf).await?;
+        let hostname =
+            read_client_hello_within(&mut stream, &mut buf, ctx.limits.max_hello_bytes).await?;
         Ok::<_, Error>((source, hostname))
     };
     let (source, hostname) = tokio::select! {
@@ -94,6 +102,10 @@ pub(crate) async fn serve_tls(
             Ok(Ok(found)) => found,
             Ok(Err(e @ Error::InvalidProxyHeader(_))) => {
                 tracing::warn!(%remote, error = %e, "dropping a caller: invalid PROXY protocol header");
+                return;
+            }
+            Ok(Err(Error::LimitExceeded { limit, .. })) => {
+                ctx.admission.refuse(Limit::HelloBytes, limit, remote);
                 return;
             }
             Ok(Err(e)) => {
@@ -106,11 +118,18 @@ pub(crate) async fn serve_tls(
             }
         },
     };
+    drop(pending);
     let caller_ip = source.unwrap_or_else(|| remote.ip().to_canonical());
     let Some(peer) = ctx.registry.lookup(&hostname) else {
         tracing::debug!(%remote, %hostname, "dropping a caller: hostname not connected");
         return;
     };
+    let max_channels = ctx.limits.max_channels_per_peer;
+    if peer.mux().stats().channels >= max_channels {
+        ctx.admission
+            .refuse(Limit::ChannelsPerPeer, max_channels, remote);
+        return;
+    }
     let channel = match peer.mux().open_channel(caller_ip) {
         Ok(channel) => channel,
         Err(e) => {

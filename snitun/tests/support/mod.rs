@@ -13,6 +13,12 @@ pub fn u16be(n: usize) -> [u8; 2] {
 /// `host` is given (and supported_versions and padding, as real hellos
 /// have). Enough for the server's router, which never terminates TLS.
 pub fn client_hello_for(host: Option<&str>) -> Vec<u8> {
+    client_hello_padded(host, 120)
+}
+
+/// [`client_hello_for`] with `padding` bytes of padding extension (up to
+/// about 16 KiB: a record's limit).
+pub fn client_hello_padded(host: Option<&str>, padding: usize) -> Vec<u8> {
     let mut exts = Vec::new();
     if let Some(host) = host {
         let mut list = vec![0u8];
@@ -28,8 +34,8 @@ pub fn client_hello_for(host: Option<&str>) -> Vec<u8> {
     exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
     // padding
     exts.extend_from_slice(&[0x00, 0x15]);
-    exts.extend_from_slice(&u16be(120));
-    exts.extend_from_slice(&[0u8; 120]);
+    exts.extend_from_slice(&u16be(padding));
+    exts.extend_from_slice(&vec![0u8; padding]);
 
     let mut hello = vec![0x03, 0x03];
     hello.extend_from_slice(&[0x5a; 32]); // random
