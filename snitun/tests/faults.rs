@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use snitun::client::{Client, ClientEvent, ReconnectPolicy, Session};
+use snitun::client::{Client, ClientBuilder, ClientEvent, ReconnectPolicy, Session};
 use snitun::mux::MuxConfig;
 use snitun::server::{Server, ServerHandle};
 use snitun::token::{FernetKey, KeyRing, TokenClaims};
@@ -98,6 +98,23 @@ async fn server(keys: &KeyRing) -> (ServerHandle, SocketAddr, SocketAddr) {
 
 fn claims() -> TokenClaims {
     TokenClaims::new(HOST, Duration::from_secs(600)).with_protocol_version(2)
+}
+
+/// A client of `peer` (directly or through a relay) for `HOST`, relaying to
+/// `endpoint`; `tune` adjusts the builder.
+async fn device(
+    keys: &KeyRing,
+    peer: SocketAddr,
+    endpoint: SocketAddr,
+    tune: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> Session {
+    let claims = claims();
+    let builder = Client::builder(peer.to_string())
+        .token(keys.mint(&claims))
+        .aes(claims.aes_key, claims.aes_iv)
+        .protocol_version(2)
+        .endpoint(endpoint.to_string());
+    bounded("connect", tune(builder).connect()).await.unwrap()
 }
 
 /// A caller: hello, then `payload`; echoes come back.
@@ -262,19 +279,10 @@ async fn server_killed_and_restarted_client_reconnects() {
     process.line("listening peer").await;
 
     let endpoint = endpoint(false).await;
-    let claims = claims();
-    let session = bounded(
-        "connect",
-        Client::builder(peer.to_string())
-            .token(keys.mint(&claims))
-            .aes(claims.aes_key, claims.aes_iv)
-            .protocol_version(2)
-            .endpoint(endpoint.to_string())
-            .reconnect(Some(fast_reconnect()))
-            .connect(),
-    )
-    .await
-    .unwrap();
+    let session = device(&keys, peer, endpoint, |b| {
+        b.reconnect(Some(fast_reconnect()))
+    })
+    .await;
     let mut events = session.subscribe();
     echo_when_ready(sni).await;
 
@@ -373,25 +381,16 @@ async fn stalled_link_times_out_and_reconnects() {
     let (server, sni, peer) = server(&keys).await;
     let relay = relay(peer).await;
     let endpoint = endpoint(false).await;
-    let claims = claims();
     let mux = MuxConfig {
         ping_timeout: Duration::from_millis(500),
         ..MuxConfig::default()
     };
-    let session: Session = bounded(
-        "connect",
-        Client::builder(relay.addr.to_string())
-            .token(keys.mint(&claims))
-            .aes(claims.aes_key, claims.aes_iv)
-            .protocol_version(2)
-            .endpoint(endpoint.to_string())
-            .mux_config(mux)
+    let session = device(&keys, relay.addr, endpoint, |b| {
+        b.mux_config(mux)
             .ping_interval(Duration::from_millis(200))
             .reconnect(Some(fast_reconnect()))
-            .connect(),
-    )
-    .await
-    .unwrap();
+    })
+    .await;
     let mut events = session.subscribe();
     echo_when_ready(sni).await;
 
@@ -439,18 +438,7 @@ async fn endpoint_reset_mid_stream_leaves_the_tunnel_up() {
             });
         }
     });
-    let claims = claims();
-    let session = bounded(
-        "connect",
-        Client::builder(peer.to_string())
-            .token(keys.mint(&claims))
-            .aes(claims.aes_key, claims.aes_iv)
-            .protocol_version(2)
-            .endpoint(resetting.to_string())
-            .connect(),
-    )
-    .await
-    .unwrap();
+    let session = device(&keys, peer, resetting, |b| b).await;
     wait_until("registered", || server.peer_count() == 1).await;
     for _ in 0..5 {
         let mut caller = TcpStream::connect(sni).await.unwrap();
@@ -490,18 +478,7 @@ async fn endpoint_that_never_reads_stalls_only_its_channel() {
             });
         }
     });
-    let claims = claims();
-    let session = bounded(
-        "connect",
-        Client::builder(peer.to_string())
-            .token(keys.mint(&claims))
-            .aes(claims.aes_key, claims.aes_iv)
-            .protocol_version(2)
-            .endpoint(addr.to_string())
-            .connect(),
-    )
-    .await
-    .unwrap();
+    let session = device(&keys, peer, addr, |b| b).await;
     wait_until("registered", || server.peer_count() == 1).await;
 
     // The stuck upload: it takes bytes until every buffer on the way is

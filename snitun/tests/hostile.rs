@@ -170,6 +170,13 @@ async fn download(sni: SocketAddr, len: usize) -> (Duration, [u8; 32]) {
     (started.elapsed(), hasher.finalize().into())
 }
 
+/// The server closes `stream` without a byte, promptly.
+async fn assert_refused(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1];
+    let read = timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
 /// The best of `runs` downloads, in MB/s (each must arrive intact).
 async fn throughput(sni: SocketAddr, len: usize, runs: usize) -> f64 {
     let expected = expected_hash(len);
@@ -471,9 +478,7 @@ async fn pending_hello_limit_refuses_new_callers_only() {
     wait_until("5 callers pending", || setup.server.pending().1 == 5).await;
     // The sixth is closed at once (not after the 30 s hello timeout).
     let mut sixth = TcpStream::connect(setup.sni).await.unwrap();
-    let mut buf = [0u8; 1];
-    let read = timeout(Duration::from_secs(5), sixth.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert_refused(&mut sixth).await;
     assert_eq!(setup.server.refusals().pending_hellos, 1);
     // One slot frees: a real caller gets through.
     drop(silent.pop());
@@ -496,9 +501,7 @@ async fn handshake_limit_refuses_new_peers_only() {
     }
     wait_until("3 handshakes pending", || setup.server.pending().0 == 3).await;
     let mut fourth = TcpStream::connect(setup.peer).await.unwrap();
-    let mut buf = [0u8; 1];
-    let read = timeout(Duration::from_secs(5), fourth.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert_refused(&mut fourth).await;
     assert_eq!(setup.server.refusals().handshakes, 1);
     // The connected tunnel is unharmed.
     let (_, hash) = download(setup.sni, MIB).await;
@@ -573,9 +576,7 @@ async fn channel_limit_refuses_callers_beyond_it() {
     .await;
     let mut third = TcpStream::connect(setup.sni).await.unwrap();
     third.write_all(&client_hello(HOST)).await.unwrap();
-    let mut buf = [0u8; 1];
-    let read = timeout(Duration::from_secs(5), third.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert_refused(&mut third).await;
     assert_eq!(setup.server.refusals().channels_per_peer, 1);
     drop(open);
     wait_until("channels closed", || {
@@ -602,9 +603,7 @@ async fn hello_byte_limit_refuses_big_hellos() {
     big.write_all(&client_hello_padded(Some(HOST), 8000))
         .await
         .unwrap();
-    let mut buf = [0u8; 1];
-    let read = timeout(Duration::from_secs(5), big.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert_refused(&mut big).await;
     assert_eq!(setup.server.refusals().hello_bytes, 1);
     let (_, hash) = download(setup.sni, MIB).await;
     assert_eq!(hash, expected_hash(MIB));
