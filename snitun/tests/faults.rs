@@ -514,3 +514,71 @@ async fn endpoint_that_never_reads_stalls_only_its_channel() {
     assert!(session.is_connected());
     session.disconnect().await;
 }
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_backs_off_and_recovers() {
+    // A server allowed 64 file descriptors, flooded with idle callers: its
+    // accept fails with EMFILE. It must pause between attempts (not spin),
+    // and serve again once descriptors are free.
+    let key = FernetKey::generate();
+    let (sni_port, peer_port) = (free_port(), free_port());
+    let sni: SocketAddr = format!("127.0.0.1:{sni_port}").parse().unwrap();
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -n 64 && exec "$0" server --fernet-key "$1" --sni "$2" --peer "$3" --workers 1"#,
+            BIN,
+            &key.to_base64(),
+            &sni.to_string(),
+            &format!("127.0.0.1:{peer_port}"),
+        ])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut process = Process(child);
+    process.line("listening peer").await;
+    let pid = process.0.id().unwrap();
+
+    // Idle callers hold their descriptors for the 2 s hello timeout; keep
+    // opening more than the server can take.
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        flood.push(TcpStream::connect(sni).await.unwrap());
+    }
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.5,
+        "the server spun on EMFILE: {used:.2} s CPU in 1.5 s"
+    );
+
+    // Descriptors come back (the callers go, the hello timeouts fire): a
+    // new caller is accepted and, naming no device, closed.
+    drop(flood);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut caller = TcpStream::connect(sni).await.unwrap();
+    caller
+        .write_all(&client_hello("nobody.faults.test"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let read = bounded("the server accepts again", caller.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    process.kill().await;
+}
