@@ -719,3 +719,26 @@ fn client_without_reconnect_fails_when_the_server_is_absent() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: connecting to the server"), "{err}");
 }
+
+#[test]
+fn server_prints_stats_lines_when_asked() {
+    let key = keygen();
+    let server = Running::start(&[
+        "server",
+        "--fernet-key",
+        &key,
+        "--listen",
+        "127.0.0.1:0",
+        "--stats-interval",
+        "1",
+    ]);
+    let _single = listening(&server, "single");
+    let line = server.line(QUICK);
+    let json = line.strip_prefix("stats ").expect("a stats line");
+    let stats: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(stats["peers"], 0);
+    assert_eq!(stats["channels"], 0);
+    assert!(stats["tasks"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["refused"]["handshakes"], 0);
+    assert_eq!(server.terminate(), Some(0));
+}

@@ -114,6 +114,16 @@ pub struct ServerArgs {
         allow_hyphen_values = true
     )]
     pub workers: Option<u16>,
+
+    /// Every N seconds, print a JSON line of statistics to stdout (peers,
+    /// channels, tasks, limit refusals) for monitoring and soak tests.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u32).range(1..),
+        allow_hyphen_values = true
+    )]
+    pub stats_interval: Option<u32>,
 }
 
 /// `snitun client`.

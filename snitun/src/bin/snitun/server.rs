@@ -1,6 +1,8 @@
 //! `snitun server`: the public server, until SIGINT or SIGTERM.
 
-use snitun::server::Server;
+use std::time::Duration;
+
+use snitun::server::{Server, ServerHandle};
 
 use crate::cli::ServerArgs;
 use crate::fail::{Context, Result};
@@ -38,8 +40,43 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             println!("listening {kind} {addr}");
         }
     }
+    if let Some(seconds) = args.stats_interval {
+        tokio::spawn(print_stats(
+            server.handle(),
+            Duration::from_secs(u64::from(seconds)),
+        ));
+    }
     server
         .run_until(signal::shutdown())
         .await
         .context("running the server")
+}
+
+/// One `stats {json}` line every `interval` until the server stops.
+async fn print_stats(server: ServerHandle, interval: Duration) {
+    let runtime = tokio::runtime::Handle::current();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    while !server.is_shutting_down() {
+        ticks.tick().await;
+        let peers = server.peers();
+        let channels: usize = peers.iter().map(|peer| peer.channels).sum();
+        let (handshakes, hellos) = server.pending();
+        let refused = server.refusals();
+        let line = serde_json::json!({
+            "peers": peers.len(),
+            "channels": channels,
+            "tasks": runtime.metrics().num_alive_tasks(),
+            "pending_handshakes": handshakes,
+            "pending_hellos": hellos,
+            "refused": {
+                "handshakes": refused.handshakes,
+                "peers": refused.peers,
+                "channels_per_peer": refused.channels_per_peer,
+                "pending_hellos": refused.pending_hellos,
+                "hello_bytes": refused.hello_bytes,
+            },
+        });
+        println!("stats {line}");
+    }
 }
