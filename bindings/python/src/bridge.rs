@@ -466,23 +466,28 @@ impl NativeChannel {
         ready
     }
 
-    /// Queue `data` for the channel; never blocks. Returns True when the
-    /// bytes not yet taken by the channel are over the high water mark
-    /// (the transport pauses its protocol; `take_resume` says when to
-    /// resume). Data written after the channel ended is dropped.
-    fn write(&self, data: &[u8]) -> bool {
+    /// Queue `data` (bytes, bytearray, memoryview: any contiguous buffer)
+    /// for the channel; never blocks. Returns True when the bytes not yet
+    /// taken by the channel are over the high water mark (the transport
+    /// pauses its protocol; `take_resume` says when to resume). Data
+    /// written after the channel ended is dropped.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let data = match data.cast::<pyo3::types::PyBytes>() {
+            Ok(bytes) => Bytes::copy_from_slice(bytes.as_bytes()),
+            Err(_) => Bytes::from(PyBuffer::<u8>::get(data)?.to_vec(py)?),
+        };
         let mut state = self.bridge.lock();
         if state.write_closed || state.shutdown != Shutdown::Open || data.is_empty() {
-            return false;
+            return Ok(false);
         }
         state.outgoing_len += data.len();
-        state.outgoing.push_back(Bytes::copy_from_slice(data));
+        state.outgoing.push_back(data);
         Bridge::wake_pump(&mut state);
         if state.outgoing_len > WRITE_HIGH {
             state.write_paused = true;
             state.resume_due = false;
         }
-        state.write_paused
+        Ok(state.write_paused)
     }
 
     /// Bytes written and not yet taken by the channel.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import gc
 import hashlib
 import os
+from pathlib import Path
 import ssl
 
 from aiohttp import web
@@ -40,6 +41,7 @@ class AppState:
     cloud_flags: list[bool]
     uploads: list[tuple[int, str]]
     sockets_opened: int = 0
+    file: Path | None = None
 
 
 def make_app(state: AppState, slow: float = 0.0) -> web.Application:
@@ -74,7 +76,14 @@ def make_app(state: AppState, slow: float = 0.0) -> web.Application:
         state.uploads.append((size, digest.hexdigest()))
         return web.json_response({"size": size, "sha256": digest.hexdigest()})
 
+    async def file(request: web.Request) -> web.FileResponse:
+        # aiohttp serves files with loop.sendfile(), which falls back to
+        # writes on TLS transports (the path Home Assistant's frontend takes).
+        assert state.file is not None
+        return web.FileResponse(state.file)
+
     app = web.Application(client_max_size=1024 * MIB)
+    app.router.add_get("/file", file)
     app.router.add_get("/hello", hello)
     app.router.add_get("/download", download)
     app.router.add_post("/upload", upload)
@@ -205,6 +214,18 @@ async def test_download_64_mib_hashed(served: Served, server: Running, tls: Tls)
     assert hashlib.sha256(body).digest() == hashlib.sha256(stream_bytes(size)).digest()
 
 
+async def test_file_response_through_the_tunnel(
+    served: Served, server: Running, tls: Tls, tmp_path
+) -> None:
+    payload = stream_bytes(5 * MIB + 123)
+    path = tmp_path / "frontend.bin"
+    path.write_bytes(payload)
+    served.state.file = path
+    status, body = await https(server.sni_port, tls, "GET", "/file")
+    assert status == 200
+    assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+
+
 async def test_upload_64_mib_hashed(served: Served, server: Running, tls: Tls) -> None:
     payload = stream_bytes(64 * MIB)
     status, body = await https(server.sni_port, tls, "POST", "/upload", payload)
@@ -289,6 +310,7 @@ async def test_slow_handler_upload_memory_is_bounded(
     client = SniTunClientAioHttp(runner, tls.server_context(), "127.0.0.1", server.peer_port)
     await client.start()
     await client.connect(creds.token(), creds.aes_key, creds.aes_iv, protocol_version=2)
+    await wait_for(lambda: server.server.peers.connections == 1)
     try:
         payload = stream_bytes(64 * MIB)
         async with PeakRss() as memory:
@@ -314,6 +336,7 @@ async def test_live_access_list(
         access.add("127.0.0.0/8")
     await client.start(access_list=access)
     await client.connect(creds.token(), creds.aes_key, creds.aes_iv, protocol_version=2)
+    await wait_for(lambda: server.server.peers.connections == 1)
     try:
         assert client.access_list is access
         status, _ = await https(server.sni_port, tls, "GET", "/hello")
@@ -373,7 +396,8 @@ async def test_stop_leaves_no_tasks_or_threads(tls: Tls, server: Running, creds:
 
     async def session(streaming: bool) -> None:
         await client.connect(creds.token(), creds.aes_key, creds.aes_iv, protocol_version=2)
-        for _ in range(3):
+        assert (await https_when_ready(server.sni_port, tls, "GET", "/hello"))[0] == 200
+        for _ in range(2):
             assert (await https(server.sni_port, tls, "GET", "/hello"))[0] == 200
         if streaming:
             # A response still streaming when the tunnel stops.
