@@ -182,3 +182,27 @@ pub async fn wait_routable(addr: SocketAddr, hello: &[u8], limit: Duration) -> R
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::client_hello;
+
+    /// Every workload against the endpoint directly (no tunnel, no child
+    /// processes): the generator and the endpoint agree on the protocol.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workloads_run_against_the_endpoint() {
+        let addr = crate::endpoint::spawn().await.unwrap();
+        let hello = client_hello("smoke.test");
+        wait_routable(addr, &hello, Duration::from_secs(5))
+            .await
+            .unwrap();
+        upload(addr, &hello, 3 << 20).await.unwrap();
+        download(addr, &hello, 3 << 20).await.unwrap();
+        let (all, each) = aggregate(addr, &hello, 4, 1 << 20).await.unwrap();
+        assert_eq!(each.len(), 4);
+        assert!(each.iter().all(|d| *d <= all));
+        assert_eq!(echo(addr, &hello, 1024, 20).await.unwrap().len(), 20);
+        connections(addr, &hello, 40, 8, 64).await.unwrap();
+    }
+}

@@ -58,6 +58,7 @@ async fn settle() {
 pub async fn run(args: MemoryArgs) -> Res<()> {
     let programs = Programs {
         snitun: args.programs.snitun()?,
+        baseline: None,
         python: "python3".into(),
         reference_script: crate::repo_root().join("bench").join("reference_peer.py"),
     };

@@ -17,6 +17,9 @@ pub enum Impl {
     Ours,
     /// The Python reference, `snitun` 0.47.0.
     Reference,
+    /// Another build of the `snitun` CLI (`--baseline-bin`), to compare a
+    /// change with what it replaces in the same run.
+    Baseline,
 }
 
 /// Where the programs are.
@@ -24,10 +27,22 @@ pub enum Impl {
 pub struct Programs {
     /// The `snitun` CLI binary.
     pub snitun: PathBuf,
+    /// The baseline build of the CLI, if any.
+    pub baseline: Option<PathBuf>,
     /// The venv's Python with the reference installed.
     pub python: PathBuf,
     /// `bench/reference_peer.py`.
     pub reference_script: PathBuf,
+}
+
+impl Programs {
+    /// The CLI binary that runs `which`.
+    fn cli(&self, which: Impl) -> Res<&Path> {
+        match which {
+            Impl::Baseline => Ok(self.baseline.as_deref().ok_or("no --baseline-bin given")?),
+            _ => Ok(&self.snitun),
+        }
+    }
 }
 
 /// A child process: killed when dropped.
@@ -120,8 +135,8 @@ pub struct ServerProc {
 /// Start a server of `which` on loopback with free ports.
 pub async fn start_server(which: Impl, programs: &Programs, fernet_key: &str) -> Res<ServerProc> {
     let cmd = match which {
-        Impl::Ours => {
-            let mut cmd = Command::new(&programs.snitun);
+        Impl::Ours | Impl::Baseline => {
+            let mut cmd = Command::new(programs.cli(which)?);
             cmd.args(["server", "--sni", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
                 .arg("--fernet-key")
                 .arg(fernet_key)
@@ -184,8 +199,8 @@ pub async fn start_client(
     let server = server.to_string();
     let endpoint = endpoint.to_string();
     let cmd = match which {
-        Impl::Ours => {
-            let mut cmd = Command::new(&programs.snitun);
+        Impl::Ours | Impl::Baseline => {
+            let mut cmd = Command::new(programs.cli(which)?);
             cmd.arg("client")
                 .args(["--server", &server, "--endpoint", &endpoint])
                 .args(["--token", &creds.token])

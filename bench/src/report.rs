@@ -315,7 +315,7 @@ impl Report {
             out.push_str(&format!(" {} |", r.name));
         }
         let with_ratios = self.get("ours").is_some();
-        let ratio_columns: Vec<&str> = ["direct", "reference"]
+        let ratio_columns: Vec<&str> = ["direct", "reference", "baseline"]
             .into_iter()
             .filter(|n| with_ratios && self.get(n).is_some())
             .collect();
@@ -407,7 +407,7 @@ impl Report {
         }
         let mut ratios = serde_json::Map::new();
         for metric in Metric::ALL {
-            for other in ["direct", "reference"] {
+            for other in ["direct", "reference", "baseline"] {
                 if let Some(r) = self.ratio(metric, other) {
                     ratios.insert(format!("{}.ours_over_{other}", metric.key()), json!(r));
                 }
@@ -445,4 +445,51 @@ fn num(v: f64) -> String {
 
 fn ratio(v: f64) -> String {
     format!("{}x", num(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &'static str, upload: &[f64]) -> TopologyResult {
+        let mut samples = BTreeMap::new();
+        samples.insert(Metric::Upload, upload.to_vec());
+        samples.insert(Metric::IdleRssServer, vec![5.0]);
+        TopologyResult {
+            name,
+            label: name,
+            samples,
+        }
+    }
+
+    #[test]
+    fn table_has_ratios_and_verdicts() {
+        let plan = Plan {
+            reps: 3,
+            bulk_bytes: 1 << 20,
+            channels: 16,
+            channel_bytes: 1 << 16,
+            echoes: 10,
+            echo_size: 1024,
+            connections: 10,
+            in_flight: 8,
+            cipher: "aes-cbc".into(),
+        };
+        let report = Report::new(
+            plan,
+            vec![
+                result("direct", &[1000.0, 900.0, 1100.0]),
+                result("ours", &[500.0, 400.0, 450.0]),
+                result("reference", &[50.0, 40.0, 45.0]),
+            ],
+            1.0,
+        );
+        let md = report.markdown();
+        assert!(md.contains("| upload, 1 channel (MB/s) | 1000 (900-1100) | 450 (400-500) |"));
+        assert!(md.contains("| upload ours/direct >= 0.40 | 0.450x | yes |"));
+        assert!(md.contains("| upload ours/reference >= 10 | 10.0x | yes |"));
+        assert!(md.contains("| server idle RSS (ours) <= 8 MiB | 5.00 MiB | yes |"));
+        let json = report.json();
+        assert_eq!(json["ratios"]["upload_mbs.ours_over_direct"], 0.45);
+    }
 }

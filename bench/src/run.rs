@@ -50,7 +50,7 @@ pub struct RunArgs {
     #[arg(long)]
     connections: Option<usize>,
     /// Only these topologies (comma-separated: direct, ours, reference,
-    /// ours-ref, ref-ours).
+    /// ours-ref, ref-ours, baseline).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Tunnel cipher: aes-cbc (the reference's default), aes-gcm,
@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// bench/results/latest (quick-latest with --quick).
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
+    /// Also run `baseline`: server and client from this other build of
+    /// the `snitun` CLI (e.g. the main branch's), for before/after ratios
+    /// measured in the same run.
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
     #[command(flatten)]
     programs: ProgramArgs,
 }
@@ -98,6 +103,13 @@ pub struct Topology {
     pub label: &'static str,
     sides: Option<(Impl, Impl)>,
 }
+
+/// The optional before/after topology (`--baseline-bin`).
+pub const BASELINE: Topology = Topology {
+    name: "baseline",
+    label: "baseline: server + client from --baseline-bin",
+    sides: Some((Impl::Baseline, Impl::Baseline)),
+};
 
 /// Every topology, in table order.
 pub const TOPOLOGIES: [Topology; 5] = [
@@ -275,9 +287,12 @@ async fn start(
 /// `snitun-bench run`.
 pub async fn run(args: RunArgs) -> Res<()> {
     let plan = plan(&args);
-    let selected: Vec<Topology> = TOPOLOGIES
-        .iter()
-        .copied()
+    let mut all = TOPOLOGIES.to_vec();
+    if args.baseline_bin.is_some() {
+        all.push(BASELINE);
+    }
+    let selected: Vec<Topology> = all
+        .into_iter()
         .filter(|t| args.only.is_empty() || args.only.iter().any(|o| o == t.name))
         .collect();
     if selected.is_empty() {
@@ -288,6 +303,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
         .any(|t| matches!(t.sides, Some((a, b)) if a == Impl::Reference || b == Impl::Reference));
     let programs = Programs {
         snitun: args.programs.snitun()?,
+        baseline: args.baseline_bin.clone(),
         python: if needs_reference {
             args.programs.python()?
         } else {

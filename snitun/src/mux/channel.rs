@@ -222,18 +222,33 @@ impl Channel {
     /// water or paused by the remote. Large buffers are split into frames.
     pub async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
         while !data.is_empty() {
-            let max = self.link.config().max_send_frame.max(1);
-            std::future::poll_fn(|cx| {
-                let id = self.shared.id;
-                self.link.out().poll_push_data(cx, id, || {
-                    let take = data.len().min(max);
-                    data.split_to(take)
-                })
-            })
-            .await
-            .map_err(|e| self.push_error(e))?;
+            std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await?;
         }
         Ok(())
+    }
+
+    /// Queue the front of `data` (up to one frame) without copying it:
+    /// the queued part is split off `data`, whose rest stays for the next
+    /// call. Pending while the channel is over water or paused by the
+    /// remote, like [`poll_write`](AsyncWrite::poll_write); `Ok(0)` only
+    /// for empty `data`.
+    ///
+    /// Relays that read into their own buffers use this instead of
+    /// `poll_write`, which has to copy the borrowed slice it is given.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let max = self.link.config().max_send_frame.max(1);
+        let id = self.shared.id;
+        match self.link.out().poll_push_data(cx, id, || {
+            let take = data.len().min(max);
+            data.split_to(take)
+        }) {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.push_error(e))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// True when a write would be taken now (not over water, not paused).
