@@ -151,8 +151,13 @@ fn queues(c: &mut Criterion) {
             })
         });
     }
+    group.throughput(Throughput::Elements(1));
     group.bench_function("echo_1KiB_round_trip", |b| {
-        let (server, client) = mux_pair();
+        // The multiplexer spawns its tasks on the runtime it is made in.
+        let (server, client) = {
+            let _inside = runtime.enter();
+            mux_pair()
+        };
         let (mut near, mut far) = runtime.block_on(async {
             let near = server
                 .open_channel(IpAddr::from([127, 0, 0, 1]))
