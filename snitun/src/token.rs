@@ -1025,8 +1025,15 @@ mod tests {
         for i in 0..2000u32 {
             let mut claims = TokenClaims::new("device.example", Duration::ZERO);
             claims.valid = 1_767_139_200.0 + f64::from(i) * 0.000_137_9 + 1e9;
-            let token = ring.validate_at(ring.mint(&claims).as_bytes(), 0.0).unwrap();
-            assert_eq!(token.valid.to_bits(), claims.valid.to_bits(), "{}", claims.valid);
+            let token = ring
+                .validate_at(ring.mint(&claims).as_bytes(), 0.0)
+                .unwrap();
+            assert_eq!(
+                token.valid.to_bits(),
+                claims.valid.to_bits(),
+                "{}",
+                claims.valid
+            );
         }
     }
 

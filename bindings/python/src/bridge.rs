@@ -237,7 +237,7 @@ fn pump_step(
             state = bridge.lock();
             state.outgoing_len = state.outgoing_len.saturating_sub(before - sending.len());
             match polled {
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(err)) => {
                     write_failed = Some(err);
                     break;

@@ -7,17 +7,20 @@
 //! applications provide their own connectors, for example to serve TLS
 //! in-process on the channel itself (it is `AsyncRead + AsyncWrite`).
 
-use std::future::Future;
-use std::io;
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
+use crate::mux::buffer::POOL;
 use crate::mux::{Channel, ChannelId};
 
 /// The future a [`Connector`] returns for one channel.
@@ -75,8 +78,14 @@ pub const DEFAULT_ENDPOINT_PORT: u16 = 443;
 /// How long [`EndpointConnector`] waits for the endpoint's TCP connect by
 /// default.
 pub const DEFAULT_ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes read at once from either side of a relay.
-const RELAY_BUFFER: usize = 64 * 1024;
+/// Most chunks from the channel written to the endpoint with one vectored
+/// write.
+const MAX_WRITE_CHUNKS: usize = 16;
+/// About the most bytes taken from the channel for one vectored write:
+/// bounds what the relay holds outside the channel's flow control.
+const MAX_WRITE_BYTES: usize = 256 * 1024;
+/// Most steps one poll of the relay takes before yielding to other tasks.
+const MAX_STEPS_PER_POLL: usize = 32;
 
 /// Relays every channel to a TCP endpoint (the reference's behaviour).
 ///
@@ -185,24 +194,32 @@ impl std::fmt::Display for RelayEnd {
 }
 
 /// Copy both ways between `channel` and `endpoint` until either ends.
-async fn relay(channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
+async fn relay(mut channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
     let id: ChannelId = channel.id();
-    let (mut channel_read, mut channel_write) = tokio::io::split(channel);
     let end = {
-        let (mut endpoint_read, mut endpoint_write) = endpoint.split();
-        tokio::select! {
-            end = to_endpoint(&mut channel_read, &mut endpoint_write) => end,
-            end = to_channel(&mut endpoint_read, &mut channel_write) => end,
-        }
+        let mut relay = Relay {
+            channel: &mut channel,
+            endpoint: &mut endpoint,
+            down: Bytes::new(),
+            down_done: false,
+            up: VecDeque::new(),
+        };
+        poll_fn(|cx| relay.poll_relay(cx)).await
     };
-    if let RelayEnd::ChannelAborted(_) = end {
-        // Abortive close: the endpoint sees a reset, not a clean end.
-        if let Err(e) = socket2::SockRef::from(&endpoint).set_linger(Some(Duration::ZERO)) {
-            tracing::debug!(%id, "cannot set SO_LINGER on the endpoint socket: {e}");
+    match &end {
+        RelayEnd::ChannelClosed => {
+            // The server closed the channel: FIN after everything it sent.
+            let _ = endpoint.shutdown().await;
         }
+        RelayEnd::ChannelAborted(_) => {
+            // Abortive close: the endpoint sees a reset, not a clean end.
+            if let Err(e) = socket2::SockRef::from(&endpoint).set_linger(Some(Duration::ZERO)) {
+                tracing::debug!(%id, "cannot set SO_LINGER on the endpoint socket: {e}");
+            }
+        }
+        RelayEnd::EndpointClosed | RelayEnd::EndpointFailed(_) => {}
     }
     drop(endpoint);
-    let mut channel = channel_read.unsplit(channel_write);
     if let RelayEnd::EndpointClosed = end {
         // The endpoint finished its answer: make sure the server has it all
         // before CLOSE (see Channel::close_after_delivery).
@@ -213,52 +230,147 @@ async fn relay(channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
     end
 }
 
-/// Channel to endpoint; the channel's clean end becomes a FIN.
-async fn to_endpoint<R, W>(from: &mut R, to: &mut W) -> RelayEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
-    loop {
-        buf.reserve(RELAY_BUFFER);
-        match from.read_buf(&mut buf).await {
-            Ok(0) => {
-                let _ = to.shutdown().await;
-                return RelayEnd::ChannelClosed;
-            }
-            Ok(_) => {
-                if let Err(e) = to.write_all_buf(&mut buf).await {
-                    return RelayEnd::EndpointFailed(e);
-                }
-            }
-            Err(e) => return RelayEnd::ChannelAborted(e),
-        }
-    }
+/// Both directions of one channel, driven by one task without copying
+/// payload in user space: reads from the endpoint are split off the read
+/// buffer and queued on the channel as they are; chunks from the channel
+/// are written to the endpoint as they arrived, several per vectored write.
+struct Relay<'a> {
+    channel: &'a mut Channel,
+    endpoint: &'a mut TcpStream,
+    /// Read from the endpoint, not yet taken by the channel.
+    down: Bytes,
+    /// The channel refuses data (the server closed it): the endpoint is no
+    /// longer read; the other direction delivers what arrived, then ends.
+    down_done: bool,
+    /// From the channel, not yet written to the endpoint.
+    up: VecDeque<Bytes>,
 }
 
-/// Endpoint to channel.
-async fn to_channel<R, W>(from: &mut R, to: &mut W) -> RelayEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
-    loop {
-        buf.reserve(RELAY_BUFFER);
-        match from.read_buf(&mut buf).await {
-            Ok(0) => return RelayEnd::EndpointClosed,
-            Ok(_) => {
-                if let Err(e) = to.write_all_buf(&mut buf).await {
-                    if e.kind() == io::ErrorKind::ConnectionAborted {
-                        return RelayEnd::ChannelAborted(e);
-                    }
-                    // The server closed the channel: the other direction
-                    // still delivers what arrived before CLOSE, then ends.
-                    return std::future::pending().await;
+impl Relay<'_> {
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        for _ in 0..MAX_STEPS_PER_POLL {
+            let mut progress = false;
+            match self.poll_to_endpoint(cx) {
+                Poll::Ready(Ok(())) => progress = true,
+                Poll::Ready(Err(end)) => return Poll::Ready(end),
+                Poll::Pending => {}
+            }
+            if !self.down_done {
+                match self.poll_to_channel(cx) {
+                    Poll::Ready(Ok(())) => progress = true,
+                    Poll::Ready(Err(end)) => return Poll::Ready(end),
+                    Poll::Pending => {}
                 }
             }
-            Err(e) => return RelayEnd::EndpointFailed(e),
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Still busy: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One step channel -> endpoint. `Ready(Ok)`: something happened.
+    fn poll_to_endpoint(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayEnd>> {
+        let mut gathered = false;
+        let mut queued: usize = self.up.iter().map(Bytes::len).sum();
+        while self.up.len() < MAX_WRITE_CHUNKS && queued < MAX_WRITE_BYTES {
+            match self.channel.poll_recv(cx) {
+                Poll::Ready(Ok(Some(chunk))) => {
+                    queued += chunk.len();
+                    self.up.push_back(chunk);
+                    gathered = true;
+                }
+                // The end is acted on once what came before it is written:
+                // the channel reports it again.
+                Poll::Ready(Ok(None)) if self.up.is_empty() => {
+                    return Poll::Ready(Err(RelayEnd::ChannelClosed));
+                }
+                Poll::Ready(Err(e)) if self.up.is_empty() => {
+                    return Poll::Ready(Err(RelayEnd::ChannelAborted(e)));
+                }
+                Poll::Ready(_) | Poll::Pending => break,
+            }
+        }
+        if self.up.is_empty() {
+            return Poll::Pending;
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_WRITE_CHUNKS];
+        let mut count = 0;
+        for (slot, chunk) in slices.iter_mut().zip(self.up.iter()) {
+            *slot = IoSlice::new(chunk);
+            count += 1;
+        }
+        let slices = slices.get(..count).unwrap_or_default();
+        match Pin::new(&mut *self.endpoint).poll_write_vectored(cx, slices) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(RelayEnd::EndpointFailed(
+                io::ErrorKind::WriteZero.into(),
+            ))),
+            Poll::Ready(Ok(mut n)) => {
+                while n > 0 {
+                    let Some(front) = self.up.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        self.up.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayEnd::EndpointFailed(e))),
+            Poll::Pending if gathered => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// One step endpoint -> channel. `Ready(Ok)`: something happened.
+    fn poll_to_channel(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayEnd>> {
+        if !self.down.is_empty() {
+            return match self.channel.poll_send(cx, &mut self.down) {
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                    Poll::Ready(Err(RelayEnd::ChannelAborted(e)))
+                }
+                Poll::Ready(Err(_)) => {
+                    // The server closed the channel: the other direction
+                    // still delivers what arrived before CLOSE, then ends.
+                    self.down_done = true;
+                    self.down = Bytes::new();
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        match self.endpoint.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayEnd::EndpointFailed(e))),
+            Poll::Pending => return Poll::Pending,
+        }
+        // A recycled buffer for a whole frame; what is read goes to the
+        // channel as it is (see mux::buffer). Idle channels hold none.
+        let mut buf = POOL.take();
+        let read = self.endpoint.try_read_buf(&mut buf);
+        let buf = match read {
+            Ok(n) if n > 0 => buf,
+            _ => {
+                POOL.give_back(buf);
+                Vec::new()
+            }
+        };
+        match read {
+            Ok(0) => Poll::Ready(Err(RelayEnd::EndpointClosed)),
+            Ok(_) => {
+                self.down = POOL.freeze(buf);
+                Poll::Ready(Ok(()))
+            }
+            // Readiness was stale; polling again registers for the next.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(RelayEnd::EndpointFailed(e))),
         }
     }
 }

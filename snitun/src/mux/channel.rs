@@ -221,27 +221,34 @@ impl Channel {
     /// Send `data` without copying it, waiting while the channel is over
     /// water or paused by the remote. Large buffers are split into frames.
     pub async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await
+        while !data.is_empty() {
+            std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await?;
+        }
+        Ok(())
     }
 
-    /// Poll to queue all of `data` without copying it: frames are split
-    /// off the front of `data` as the queue takes them, so on `Pending`
-    /// what is left in `data` is what has not been queued yet (a bridge
-    /// can poll reads and writes from one task without losing bytes).
-    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+    /// Queue the front of `data` (up to one frame) without copying it:
+    /// the queued part is split off `data`, whose rest stays for the next
+    /// call. Pending while the channel is over water or paused by the
+    /// remote, like [`poll_write`](AsyncWrite::poll_write); `Ok(0)` only
+    /// for empty `data`.
+    ///
+    /// Relays that read into their own buffers use this instead of
+    /// `poll_write`, which has to copy the borrowed slice it is given.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         let max = self.link.config().max_send_frame.max(1);
         let id = self.shared.id;
-        while !data.is_empty() {
-            match self.link.out().poll_push_data(cx, id, || {
-                let take = data.len().min(max);
-                data.split_to(take)
-            }) {
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.push_error(e))),
-                Poll::Pending => return Poll::Pending,
-            }
+        match self.link.out().poll_push_data(cx, id, || {
+            let take = data.len().min(max);
+            data.split_to(take)
+        }) {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.push_error(e))),
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Ready(Ok(()))
     }
 
     /// True when a write would be taken now (not over water, not paused).

@@ -57,6 +57,27 @@ impl FrameDecoder {
         need.saturating_sub(buf.len())
     }
 
+    /// The wire length of the payload still to come when the decoder holds
+    /// a header whose payload is raw (DATA, not an encrypted NEW address):
+    /// the caller may then read that payload into memory of its own and
+    /// hand it over with [`take_raw_payload`](Self::take_raw_payload),
+    /// instead of growing the read buffer for it.
+    pub fn pending_raw_payload(&self) -> Option<usize> {
+        let header = self.pending.as_ref()?;
+        (!self.payload_is_encrypted(header)).then_some(header.size as usize)
+    }
+
+    /// Complete the pending raw-payload frame with `payload`, which must be
+    /// exactly [`pending_raw_payload`](Self::pending_raw_payload) bytes
+    /// long; `None` (and nothing changes) otherwise.
+    pub fn take_raw_payload(&mut self, payload: Bytes) -> Option<Frame> {
+        if self.pending_raw_payload() != Some(payload.len()) {
+            return None;
+        }
+        let header = self.pending.take()?;
+        Some(Frame { header, payload })
+    }
+
     fn header_unit_len(&self) -> usize {
         HEADER_SIZE + self.decryptor.overhead()
     }
@@ -255,6 +276,28 @@ mod tests {
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn raw_payload_can_be_read_separately() {
+        let (mut enc, mut dec) = endpoints(Cipher::AesGcm, 2);
+        let id = ChannelId::random();
+        let header = FrameHeader::new(id, Flow::Data, 10, &[]);
+        let mut buf = BytesMut::from(enc.header(&header).unwrap().as_ref());
+        buf.extend_from_slice(b"0123");
+        assert!(dec.decode(&mut buf).unwrap().is_none());
+        assert_eq!(dec.pending_raw_payload(), Some(10));
+        assert!(dec.take_raw_payload(Bytes::from_static(b"short")).is_none());
+        let mut payload = buf.split().to_vec();
+        payload.extend_from_slice(b"456789");
+        let frame = dec.take_raw_payload(Bytes::from(payload)).unwrap();
+        assert_eq!(frame.header, header);
+        assert_eq!(&frame.payload[..], b"0123456789");
+        assert_eq!(dec.pending_raw_payload(), None);
+        // The stream goes on where the payload ended.
+        let close = FrameHeader::new(id, Flow::Close, 0, &[]);
+        let mut buf = BytesMut::from(enc.header(&close).unwrap().as_ref());
+        assert_eq!(dec.decode(&mut buf).unwrap().unwrap().header, close);
     }
 
     #[test]

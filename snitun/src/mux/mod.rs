@@ -2,6 +2,7 @@
 //!
 //! Nothing here knows about servers, SNI or tokens.
 
+pub(crate) mod buffer;
 pub mod channel;
 pub mod codec;
 pub mod config;

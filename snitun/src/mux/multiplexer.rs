@@ -14,12 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::pin::Pin;
+
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use super::buffer::{BUFFER_SIZE, POOL, SMALL_READ};
 use super::channel::{Channel, ChannelEnd, ChannelShared, Delivery};
 use super::codec::{Frame, FrameDecoder, FrameEncoder};
 use super::config::MuxConfig;
@@ -472,42 +475,102 @@ async fn read_frames<R: AsyncRead + Unpin>(
     let max_buffer = link.config.read_buffer_size.max(MIN_READ_BUFFER);
     let mut next_size = MIN_READ_BUFFER;
     let mut buf = BytesMut::new();
+    // The last payload was read on its own: read only up to the end of the
+    // next header, so the payload after it lands in its own buffer too.
+    let mut header_only = false;
     let idle = tokio::time::sleep_until(link.idle_deadline());
     tokio::pin!(idle);
     loop {
-        // Grow the buffer while reads fill it (bulk), keep it small on an
-        // idle link; a frame's payload is never reserved from its header
-        // before its bytes arrive.
-        if buf.capacity() - buf.len() < MIN_READ_BUFFER / 2 {
-            buf.reserve(next_size.max(decoder.wanted(&buf).min(max_buffer)));
-        }
-        let room = buf.capacity() - buf.len();
-        tokio::select! {
-            biased;
-            _ = link.cancel.cancelled() => return LinkEnd::Shutdown,
-            read = reader.read_buf(&mut buf) => match read {
-                Ok(0) => return LinkEnd::PeerClosed,
-                Ok(n) => {
-                    link.touch();
-                    link.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    next_size = if n == room { (next_size * 2).min(max_buffer) } else { next_size };
+        // A large raw payload (bulk DATA) is read straight into a recycled
+        // buffer of its own (see mux::buffer): the profile of a bulk
+        // transfer showed the growing read buffer costing page faults on
+        // fresh memory and copies of the frames that straddled two reads.
+        if let Some(len) = decoder
+            .pending_raw_payload()
+            .filter(|len| (SMALL_READ..=BUFFER_SIZE).contains(len))
+        {
+            let mut payload = POOL.take();
+            // What already arrived of it: less than a general read.
+            payload.extend_from_slice(&buf);
+            buf.clear();
+            while payload.len() < len {
+                let want = len - payload.len();
+                if let Err(end) =
+                    read_some(link, reader, &mut (&mut payload).limit(want), idle.as_mut()).await
+                {
+                    return end;
                 }
-                Err(e) => return LinkEnd::Failed(format!("read: {e}")),
-            },
-            _ = &mut idle => {
-                let deadline = link.idle_deadline();
-                if Instant::now() >= deadline {
-                    return LinkEnd::IdleTimeout;
-                }
-                idle.as_mut().reset(deadline);
-                continue;
             }
+            let Some(frame) = decoder.take_raw_payload(POOL.freeze(payload)) else {
+                return LinkEnd::Failed("payload length mismatch".into());
+            };
+            link.dispatch(frame, accept);
+            header_only = true;
+            continue;
+        }
+        let read = if header_only {
+            let want = decoder.wanted(&buf).max(1);
+            buf.reserve(want);
+            read_some(link, reader, &mut (&mut buf).limit(want), idle.as_mut()).await
+        } else {
+            // Grow the buffer while reads fill it (many small frames), keep
+            // it small on an idle link; a frame's payload is never reserved
+            // from its header before its bytes arrive.
+            if buf.capacity() - buf.len() < MIN_READ_BUFFER / 2 {
+                buf.reserve(next_size.max(decoder.wanted(&buf).min(max_buffer)));
+            }
+            let room = buf.capacity() - buf.len();
+            let read = read_some(link, reader, &mut buf, idle.as_mut()).await;
+            if let Ok(n) = read
+                && n == room
+            {
+                next_size = (next_size * 2).min(max_buffer);
+            }
+            read
+        };
+        if let Err(end) = read {
+            return end;
         }
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => link.dispatch(frame, accept),
+                Ok(Some(frame)) => {
+                    header_only = false;
+                    link.dispatch(frame, accept);
+                }
                 Ok(None) => break,
                 Err(e) => return LinkEnd::Failed(e.to_string()),
+            }
+        }
+    }
+}
+
+/// One read from the link into `dst`, while watching for shutdown and the
+/// idle timeout. `Ok(n)`: `n > 0` bytes arrived; `Err`: the link ends.
+async fn read_some<R: AsyncRead + Unpin, B: BufMut>(
+    link: &Link,
+    reader: &mut R,
+    dst: &mut B,
+    mut idle: Pin<&mut Sleep>,
+) -> std::result::Result<usize, LinkEnd> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = link.cancel.cancelled() => return Err(LinkEnd::Shutdown),
+            read = reader.read_buf(dst) => return match read {
+                Ok(0) => Err(LinkEnd::PeerClosed),
+                Ok(n) => {
+                    link.touch();
+                    link.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    Ok(n)
+                }
+                Err(e) => Err(LinkEnd::Failed(format!("read: {e}"))),
+            },
+            _ = idle.as_mut() => {
+                let deadline = link.idle_deadline();
+                if Instant::now() >= deadline {
+                    return Err(LinkEnd::IdleTimeout);
+                }
+                idle.as_mut().reset(deadline);
             }
         }
     }

@@ -22,8 +22,9 @@
 //!   [`caller_idle_timeout`](super::ServerLimits::caller_idle_timeout): both
 //!   are closed.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,9 +43,15 @@ use super::proxy_protocol::read_proxy_header;
 use super::sni::read_client_hello_within;
 use crate::error::Error;
 use crate::mux::Channel;
+use crate::mux::buffer::POOL;
 
-/// Bytes read from a caller at a time (the reference reads 8 KiB).
-const READ_SIZE: usize = 32 * 1024;
+/// Most chunks from the channel written to the caller with one vectored
+/// write.
+const MAX_WRITE_CHUNKS: usize = 16;
+
+/// About the most bytes taken from the channel for one vectored write:
+/// bounds what the relay holds outside the channel's flow control.
+const MAX_WRITE_BYTES: usize = 256 * 1024;
 
 /// How long CLOSE may wait for the device to take the caller's last data.
 const CLOSE_SETTLE_LIMIT: Duration = Duration::from_secs(60);
@@ -238,9 +245,10 @@ struct Relay<'a> {
     caller: &'a mut TcpStream,
     channel: &'a mut Channel,
     /// Read from the caller, not yet taken by the channel.
-    up: BytesMut,
-    /// Received from the channel, not yet written to the caller.
-    down: Bytes,
+    up: Bytes,
+    /// Received from the channel, not yet written to the caller (several
+    /// chunks go out with one vectored write).
+    down: VecDeque<Bytes>,
     /// Caller -> channel is over: the caller sent FIN (and the channel was
     /// closed behind its data), or the channel refused data (it was closed
     /// or failed; its read side tells which).
@@ -256,8 +264,8 @@ impl<'a> Relay<'a> {
         Relay {
             caller,
             channel,
-            up: first,
-            down: Bytes::new(),
+            up: first.freeze(),
+            down: VecDeque::new(),
             up_done: false,
             closing: None,
             last_activity: Instant::now(),
@@ -318,12 +326,11 @@ impl<'a> Relay<'a> {
     /// One step caller -> channel. `Ready(Ok)`: something happened.
     fn poll_up(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), RelayEnd>> {
         if !self.up.is_empty() {
-            return match Pin::new(&mut *self.channel).poll_write(cx, &self.up) {
+            return match self.channel.poll_send(cx, &mut self.up) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(RelayEnd::ChannelFailed(
                     io::ErrorKind::WriteZero.into(),
                 ))),
-                Poll::Ready(Ok(n)) => {
-                    self.up.advance(n);
+                Poll::Ready(Ok(_)) => {
                     self.last_activity = Instant::now();
                     Poll::Ready(Ok(()))
                 }
@@ -334,7 +341,7 @@ impl<'a> Relay<'a> {
                     // the end was clean.
                     tracing::trace!(channel = %self.channel.id(), error = %e, "channel refuses data");
                     self.up_done = true;
-                    self.up = BytesMut::new();
+                    self.up = Bytes::new();
                     Poll::Ready(Ok(()))
                 }
                 Poll::Pending => Poll::Pending,
@@ -343,15 +350,20 @@ impl<'a> Relay<'a> {
         match self.caller.poll_read_ready(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayEnd::CallerFailed(e))),
-            Poll::Pending => {
-                // Idle callers hold no read buffer.
-                self.up = BytesMut::new();
-                return Poll::Pending;
-            }
+            Poll::Pending => return Poll::Pending,
         }
-        // `up` is empty here: reserve room, reusing the allocation.
-        self.up.reserve(READ_SIZE);
-        match self.caller.try_read_buf(&mut self.up) {
+        // A recycled buffer for a whole frame; what is read goes to the
+        // channel as it is (see mux::buffer). Idle callers hold none.
+        let mut buf = POOL.take();
+        let read = self.caller.try_read_buf(&mut buf);
+        let buf = match read {
+            Ok(n) if n > 0 => buf,
+            _ => {
+                POOL.give_back(buf);
+                Vec::new()
+            }
+        };
+        match read {
             Ok(0) => {
                 // FIN from the caller: CLOSE goes out after the data already
                 // queued, once the device has provably taken it (a reference
@@ -365,6 +377,7 @@ impl<'a> Relay<'a> {
                 Poll::Ready(Ok(()))
             }
             Ok(_) => {
+                self.up = POOL.freeze(buf);
                 self.last_activity = Instant::now();
                 Poll::Ready(Ok(()))
             }
@@ -376,27 +389,60 @@ impl<'a> Relay<'a> {
 
     /// One step channel -> caller. `Ready(Ok)`: something happened.
     fn poll_down(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), RelayEnd>> {
-        if !self.down.is_empty() {
-            return match Pin::new(&mut *self.caller).poll_write(cx, &self.down) {
-                Poll::Ready(Ok(0)) => {
-                    Poll::Ready(Err(RelayEnd::CallerFailed(io::ErrorKind::WriteZero.into())))
+        // Take what the channel has ready (without waiting), so one write
+        // carries several frames' payloads.
+        let mut gathered = false;
+        let mut queued: usize = self.down.iter().map(Bytes::len).sum();
+        while self.down.len() < MAX_WRITE_CHUNKS && queued < MAX_WRITE_BYTES {
+            match self.channel.poll_recv(cx) {
+                Poll::Ready(Ok(Some(chunk))) => {
+                    queued += chunk.len();
+                    self.down.push_back(chunk);
+                    gathered = true;
                 }
-                Poll::Ready(Ok(n)) => {
-                    self.down.advance(n);
-                    self.last_activity = Instant::now();
-                    Poll::Ready(Ok(()))
+                // The end (clean or not) is acted on once what came
+                // before it is written: the channel reports it again.
+                Poll::Ready(Ok(None)) if self.down.is_empty() => {
+                    return Poll::Ready(Err(RelayEnd::ChannelClosed));
                 }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(RelayEnd::CallerFailed(e))),
-                Poll::Pending => Poll::Pending,
-            };
+                Poll::Ready(Err(e)) if self.down.is_empty() => {
+                    return Poll::Ready(Err(RelayEnd::ChannelFailed(e)));
+                }
+                Poll::Ready(_) | Poll::Pending => break,
+            }
         }
-        match self.channel.poll_recv(cx) {
-            Poll::Ready(Ok(Some(chunk))) => {
-                self.down = chunk;
+        if self.down.is_empty() {
+            return Poll::Pending;
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_WRITE_CHUNKS];
+        let mut count = 0;
+        for (slot, chunk) in slices.iter_mut().zip(self.down.iter()) {
+            *slot = IoSlice::new(chunk);
+            count += 1;
+        }
+        let slices = slices.get(..count).unwrap_or_default();
+        match Pin::new(&mut *self.caller).poll_write_vectored(cx, slices) {
+            Poll::Ready(Ok(0)) => {
+                Poll::Ready(Err(RelayEnd::CallerFailed(io::ErrorKind::WriteZero.into())))
+            }
+            Poll::Ready(Ok(mut n)) => {
+                while n > 0 {
+                    let Some(front) = self.down.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        self.down.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+                self.last_activity = Instant::now();
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Ok(None)) => Poll::Ready(Err(RelayEnd::ChannelClosed)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayEnd::ChannelFailed(e))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayEnd::CallerFailed(e))),
+            Poll::Pending if gathered => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,
         }
     }
