@@ -17,6 +17,10 @@ step() { printf -- '--- %s\n' "$*"; }
 elapsed() { echo "$(( $(date +%s) - start ))s"; }
 start=$(date +%s)
 
+for tool in node npm openssl cargo; do
+  command -v "$tool" >/dev/null || { echo "bindings/node/scripts/test.sh: needs $tool on PATH" >&2; exit 1; }
+done
+
 step "npm ci"
 npm ci --no-audit --no-fund --loglevel=error
 

@@ -15,7 +15,7 @@
 //!   the `code` property of an `Error` subclass.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use napi::bindgen_prelude::Buffer;
@@ -28,6 +28,7 @@ use snitun::token::{AES_IV_SIZE, AES_KEY_SIZE, FernetKey, KeyRing, TokenClaims};
 use snitun::{Cipher, Error};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use zeroize::Zeroize;
 
 /// How long `stop()` lets a server's connections drain before giving up on
 /// them (the core's own grace period is 10 s as well).
@@ -406,9 +407,19 @@ pub struct NativeClient {
     throttling: Option<u32>,
     reconnect: Option<ReconnectPolicy>,
     connect_timeout: Option<Duration>,
-    running: Arc<Mutex<Option<Running>>>,
+    running: Mutex<Option<Running>>,
     /// Set while a `connect()` is on its way, so a second one fails fast.
-    connecting: Arc<Mutex<bool>>,
+    connecting: Mutex<bool>,
+}
+
+/// The key material lives as long as the JS object; wipe it with it (the
+/// core wipes its own copies).
+impl Drop for NativeClient {
+    fn drop(&mut self) {
+        self.token.zeroize();
+        self.key.zeroize();
+        self.iv.zeroize();
+    }
 }
 
 #[napi]
@@ -474,8 +485,8 @@ impl NativeClient {
             throttling: options.throttling,
             reconnect,
             connect_timeout,
-            running: Arc::new(Mutex::new(None)),
-            connecting: Arc::new(Mutex::new(false)),
+            running: Mutex::new(None),
+            connecting: Mutex::new(false),
         })
     }
 
@@ -741,8 +752,9 @@ pub struct NativeServer {
     listen: Vec<String>,
     proxy_protocol: bool,
     throttling: Option<u32>,
-    running: Arc<Mutex<Option<RunningServer>>>,
-    starting: Arc<Mutex<bool>>,
+    running: Mutex<Option<RunningServer>>,
+    /// Set while a `start()` is binding, so a second one fails fast.
+    starting: Mutex<bool>,
 }
 
 #[napi]
@@ -785,8 +797,8 @@ impl NativeServer {
             listen: options.listen,
             proxy_protocol: options.proxy_protocol,
             throttling: options.throttling,
-            running: Arc::new(Mutex::new(None)),
-            starting: Arc::new(Mutex::new(false)),
+            running: Mutex::new(None),
+            starting: Mutex::new(false),
         })
     }
 

@@ -3,6 +3,7 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const net = require('node:net');
 
 const { within, next, startServer, deadAddress, until, snitun } = require('./helpers');
 const { SnitunError, ConfigError, ConnectionError, TokenError, StateError } = snitun;
@@ -23,11 +24,40 @@ test('a refused server: ConnectionError IO / ECONNREFUSED', async () => {
   assert.ok(err instanceof Error);
   assert.equal(err.name, 'ConnectionError');
   assert.equal(err.code, 'IO');
-  assert.equal(err.errno, 'ECONNREFUSED');
+  assert.equal(err.ioCode, 'ECONNREFUSED');
   assert.match(err.message, /cannot connect to the server/);
   assert.doesNotMatch(err.message, /\[snitun:/);
   assert.equal(client.isConnected, false);
   assert.equal(await client.waitClosed(), null);
+});
+
+test('a pending connect() leaves the event loop free; a hang-up before the challenge is TOKEN_REFUSED', async (t) => {
+  // A "server" that accepts and says nothing until we tell it to hang up.
+  const sockets = [];
+  const silent = net.createServer((socket) => sockets.push(socket));
+  silent.listen(0, '127.0.0.1');
+  await next(silent, 'listening');
+  t.after(() => silent.close());
+  const minted = snitun.generateToken({ fernetKey: snitun.generateFernetKey(), hostname: 'device.test' });
+  const client = clientFor(`127.0.0.1:${silent.address().port}`, minted);
+  const connecting = client.connect().then(() => null, (e) => e);
+
+  // While the handshake waits, timers keep firing on time.
+  const lags = [];
+  for (let i = 0; i < 10; i++) {
+    const before = Date.now();
+    await new Promise((r) => setTimeout(r, 20));
+    lags.push(Date.now() - before - 20);
+  }
+  assert.ok(Math.max(...lags) < 500, `timer lag ${lags}`);
+  await until(() => sockets.length === 1, 'the client to connect');
+  assert.equal(client.isConnected, false);
+  await assert.rejects(client.connect(), (err) => err instanceof StateError && /in progress/.test(err.message));
+
+  sockets[0].destroy();
+  const err = await within(connecting, 'connect to fail');
+  assert.ok(err instanceof TokenError, String(err));
+  assert.equal(err.code, 'TOKEN_REFUSED');
 });
 
 test('a token minted with another Fernet key: TokenError TOKEN_REFUSED', async (t) => {
@@ -108,7 +138,7 @@ test('server start: an address in use is ConnectionError IO / EADDRINUSE; start 
   await assert.rejects(clash.start(), (err) => {
     assert.ok(err instanceof ConnectionError, String(err));
     assert.equal(err.code, 'IO');
-    assert.equal(err.errno, 'EADDRINUSE');
+    assert.equal(err.ioCode, 'EADDRINUSE');
     assert.match(err.message, new RegExp(addresses.sni[0].replace(/\./g, '\\.')));
     return true;
   });
@@ -126,7 +156,7 @@ test('a host name that does not resolve: IO / ENOTFOUND', async () => {
   const server = new snitun.Server({ fernetKeys: [snitun.generateFernetKey()], listen: 'no-such-host.invalid:0' });
   await assert.rejects(within(server.start(), 'start'), (err) => {
     assert.ok(err instanceof ConnectionError, String(err));
-    assert.equal(err.errno, 'ENOTFOUND');
+    assert.equal(err.ioCode, 'ENOTFOUND');
     return true;
   });
 });

@@ -64,8 +64,8 @@ async function main(): Promise<void> {
   } catch (err) {
     if (err instanceof TokenError || err instanceof ConnectionError || err instanceof ConfigError) {
       const code: ErrorCode = err.code;
-      const errno: string | undefined = err.errno;
-      console.log(code, errno, err.message);
+      const ioCode: string | undefined = err.ioCode;
+      console.log(code, ioCode, err.message);
     }
     if (err instanceof SnitunError && err.code === 'TOKEN_REFUSED') return;
   }
