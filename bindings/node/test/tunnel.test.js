@@ -223,3 +223,44 @@ test('reconnect: the client comes back after the server restarts on the same por
   await client.disconnect();
   assert.deepEqual((await final)[0], { reason: 'shut down', willReconnect: false });
 });
+
+test('proxyProtocol: the caller address of a PROXY header reaches the access list', async (t) => {
+  const net = require('node:net');
+  const tls = require('node:tls');
+  const { splitAddress, testCert } = require('./helpers');
+  const endpoint = await httpsEndpoint((req, res) => res.end('behind a proxy'));
+  t.after(() => endpoint.server.close());
+  const { server, fernetKey, addresses } = await startServer({ proxyProtocol: true });
+  t.after(() => server.stop());
+  const minted = snitun.generateToken({ fernetKey, hostname: 'device.test' });
+  // Only the address the "load balancer" vouches for may call; 127.0.0.1 may not.
+  const client = new snitun.Client({
+    server: addresses.peer[0], token: minted.token, aesKey: minted.aesKey, aesIv: minted.aesIv,
+    endpoint: endpoint.address, allow: ['203.0.113.7/32'],
+  });
+  t.after(() => client.disconnect());
+  await within(client.connect(), 'connect');
+  await until(() => server.peers().length === 1, 'peer registered');
+
+  const [host, port] = splitAddress(addresses.sni[0]);
+  const call = (source) => within(new Promise((resolve, reject) => {
+    const raw = net.connect(port, host, () => {
+      raw.write(`PROXY TCP4 ${source} 127.0.0.1 40000 443\r\n`);
+      const secure = tls.connect({ socket: raw, servername: 'device.test', ca: testCert().cert }, () => {
+        secure.end('GET / HTTP/1.1\r\nhost: device.test\r\nconnection: close\r\n\r\n');
+      });
+      let answer = '';
+      secure.setEncoding('utf8');
+      secure.on('data', (chunk) => { answer += chunk; });
+      secure.on('end', () => resolve(answer));
+      secure.on('error', reject);
+    });
+    raw.on('error', reject);
+  }), `call from ${source}`);
+
+  assert.match(await call('203.0.113.7'), /behind a proxy$/);
+  // Refused: the TLS connection ends (or fails) without an answer.
+  assert.equal(await call('198.51.100.1').catch(() => ''), '');
+  await until(() => client.stats().refused === 1, 'the other caller refused');
+  assert.ok(client.stats().channels >= 1);
+});
