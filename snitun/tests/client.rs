@@ -980,3 +980,30 @@ fn handles_and_futures_cross_threads() {
         send(&session.disconnect());
     }
 }
+
+#[tokio::test]
+async fn connect_with_events_sees_a_link_that_ends_at_once() {
+    let echo = echo_endpoint().await;
+    let server = TestServer::new(Cipher::AesCbc, 2).await;
+    let (connected, mux) = tokio::join!(
+        timeout(LIMIT, server.client().endpoint(echo).connect_with_events()),
+        server.accept()
+    );
+    // The link ends before the caller had any chance to subscribe.
+    mux.shutdown();
+    drop(mux);
+    let (session, mut events) = connected.unwrap().unwrap();
+    let end = timeout(LIMIT, session.wait()).await.unwrap();
+    assert_ne!(end, LinkEnd::Shutdown);
+    assert_eq!(
+        timeout(LIMIT, events.recv()).await.unwrap().unwrap(),
+        ClientEvent::Connected
+    );
+    assert_eq!(
+        timeout(LIMIT, events.recv()).await.unwrap().unwrap(),
+        ClientEvent::Disconnected {
+            reason: end.to_string(),
+            will_reconnect: false
+        }
+    );
+}

@@ -283,7 +283,19 @@ impl ClientBuilder {
     /// wrong key or IV cannot be seen during the handshake: the server
     /// closes the link right after it, which ends the first link with an
     /// explanation.
-    pub async fn connect(mut self) -> Result<Session> {
+    pub async fn connect(self) -> Result<Session> {
+        let (session, _events) = self.connect_with_events().await?;
+        Ok(session)
+    }
+
+    /// [`connect`](Self::connect), also returning a receiver subscribed
+    /// before the first link was installed: it sees every event of the
+    /// session, starting with the first [`ClientEvent::Connected`]. A
+    /// [`Session::subscribe`] after `connect` returns can miss events of a
+    /// link that ends at once (e.g. a server that rejected the AES key).
+    pub async fn connect_with_events(
+        mut self,
+    ) -> Result<(Session, broadcast::Receiver<ClientEvent>)> {
         let settings = self.settings()?;
         let Some(connector) = self.connector.take() else {
             return Err(Error::Config(
@@ -292,7 +304,7 @@ impl ClientBuilder {
         };
         let link = establish(&settings).await?;
         tracing::info!(server = %settings.server, "connected");
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (events, receiver) = broadcast::channel(EVENT_CAPACITY);
         let shared = Arc::new(Shared {
             settings,
             connector,
@@ -318,7 +330,7 @@ impl ClientBuilder {
         let link = shared.install(link);
         let supervisor = tokio::spawn(supervise(shared.clone(), link));
         *shared.supervisor() = Some(supervisor);
-        Ok(session)
+        Ok((session, receiver))
     }
 
     fn settings(&mut self) -> Result<Settings> {

@@ -1,0 +1,5 @@
+//! Link settings a Node addon needs (napi symbols resolved by the host at load time).
+
+fn main() {
+    napi_build::setup();
+}
