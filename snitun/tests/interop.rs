@@ -1941,67 +1941,88 @@ impl OursTheirs {
     }
 }
 
-async fn ours_theirs(env: &Env, report: &mut Report) {
-    const G: &str = OURS_THEIRS;
-    let mut side = match OursTheirs::start(env).await {
-        Ok(side) => side,
-        Err(e) => {
-            report.case(G, "setup", async { Err::<String, _>(e) }).await;
-            return;
+/// The cases every direction runs, in order. A macro rather than a generic
+/// function: the two sides are unrelated types with the same method names.
+macro_rules! run_direction {
+    ($env:expr, $report:expr, $group:expr, $side:ty, $tag:literal) => {{
+        let (env, report): (&Env, &mut Report) = ($env, $report);
+        const G: &str = $group;
+        let mut side = match <$side>::start(env).await {
+            Ok(side) => side,
+            Err(e) => {
+                report.case(G, "setup", async { Err::<String, _>(e) }).await;
+                return;
+            }
+        };
+        for (version, cipher, mode) in combinations() {
+            let name = format!("{} p{version} {}", mode.name(), cipher.name());
+            let mut rate = None;
+            report
+                .case(G, &name, async {
+                    let (line, r) = side.combination(version, cipher, mode).await?;
+                    rate = Some(r);
+                    Ok(line)
+                })
+                .await;
+            if let Some(rate) = rate {
+                report.rate(G, rate);
+            }
         }
-    };
-    for (version, cipher, mode) in combinations() {
-        let name = format!("{} p{version} {}", mode.name(), cipher.name());
-        let mut rate = None;
         report
-            .case(G, &name, async {
-                let (line, r) = side.combination(version, cipher, mode).await?;
-                rate = Some(r);
-                Ok(line)
-            })
+            .case(G, "aliases + unknown host", side.aliases_and_unknown())
             .await;
-        if let Some(rate) = rate {
-            report.rate(G, rate);
-        }
-    }
-    report
-        .case(G, "aliases + unknown host", side.aliases_and_unknown())
-        .await;
-    report
-        .case(
-            G,
-            "expired token",
-            side.refused_client("expired.a.interop.test", Cipher::AesCbc, true),
-        )
-        .await;
-    report
-        .case(
-            G,
-            "wrong AES key (aes-cbc)",
-            side.refused_client("wrongkey-cbc.a.interop.test", Cipher::AesCbc, false),
-        )
-        .await;
-    report
-        .case(
-            G,
-            "wrong AES key (aes-gcm)",
-            side.refused_client("wrongkey-gcm.a.interop.test", Cipher::AesGcm, false),
-        )
-        .await;
-    report
-        .case(G, "slow endpoint/caller", side.slow_endpoint())
-        .await;
-    report
-        .known_case(G, "sender closes first", side.sender_closes_first())
-        .await;
-    report.case(G, "ping both ways", side.pings()).await;
-    report
-        .case(G, "client killed mid-transfer", side.abrupt_disconnect(env))
-        .await;
-    let log = side.finish().await;
-    report
-        .case(G, "reference log clean", async { clean_log(&log) })
-        .await;
+        report
+            .case(
+                G,
+                "expired token",
+                side.refused_client(
+                    concat!("expired.", $tag, ".interop.test"),
+                    Cipher::AesCbc,
+                    true,
+                ),
+            )
+            .await;
+        report
+            .case(
+                G,
+                "wrong AES key (aes-cbc)",
+                side.refused_client(
+                    concat!("wrongkey-cbc.", $tag, ".interop.test"),
+                    Cipher::AesCbc,
+                    false,
+                ),
+            )
+            .await;
+        report
+            .case(
+                G,
+                "wrong AES key (aes-gcm)",
+                side.refused_client(
+                    concat!("wrongkey-gcm.", $tag, ".interop.test"),
+                    Cipher::AesGcm,
+                    false,
+                ),
+            )
+            .await;
+        report
+            .case(G, "slow endpoint/caller", side.slow_endpoint())
+            .await;
+        report
+            .known_case(G, "sender closes first", side.sender_closes_first())
+            .await;
+        report.case(G, "ping both ways", side.pings()).await;
+        report
+            .case(G, "client killed mid-transfer", side.abrupt_disconnect(env))
+            .await;
+        let log = side.finish().await;
+        report
+            .case(G, "reference log clean", async { clean_log(&log) })
+            .await;
+    }};
+}
+
+async fn ours_theirs(env: &Env, report: &mut Report) {
+    run_direction!(env, report, OURS_THEIRS, OursTheirs, "a");
 }
 
 // ---------------------------------------------------------------------------
@@ -2494,66 +2515,7 @@ impl TheirsOurs {
 }
 
 async fn theirs_ours(env: &Env, report: &mut Report) {
-    const G: &str = THEIRS_OURS;
-    let mut side = match TheirsOurs::start(env).await {
-        Ok(side) => side,
-        Err(e) => {
-            report.case(G, "setup", async { Err::<String, _>(e) }).await;
-            return;
-        }
-    };
-    for (version, cipher, mode) in combinations() {
-        let name = format!("{} p{version} {}", mode.name(), cipher.name());
-        let mut rate = None;
-        report
-            .case(G, &name, async {
-                let (line, r) = side.combination(version, cipher, mode).await?;
-                rate = Some(r);
-                Ok(line)
-            })
-            .await;
-        if let Some(rate) = rate {
-            report.rate(G, rate);
-        }
-    }
-    report
-        .case(G, "aliases + unknown host", side.aliases_and_unknown())
-        .await;
-    report
-        .case(
-            G,
-            "expired token",
-            side.refused_client("expired.b.interop.test", Cipher::AesCbc, true),
-        )
-        .await;
-    report
-        .case(
-            G,
-            "wrong AES key (aes-cbc)",
-            side.refused_client("wrongkey-cbc.b.interop.test", Cipher::AesCbc, false),
-        )
-        .await;
-    report
-        .case(
-            G,
-            "wrong AES key (aes-gcm)",
-            side.refused_client("wrongkey-gcm.b.interop.test", Cipher::AesGcm, false),
-        )
-        .await;
-    report
-        .case(G, "slow endpoint/caller", side.slow_endpoint())
-        .await;
-    report
-        .known_case(G, "sender closes first", side.sender_closes_first())
-        .await;
-    report.case(G, "ping both ways", side.pings()).await;
-    report
-        .case(G, "client killed mid-transfer", side.abrupt_disconnect(env))
-        .await;
-    let log = side.finish().await;
-    report
-        .case(G, "reference log clean", async { clean_log(&log) })
-        .await;
+    run_direction!(env, report, THEIRS_OURS, TheirsOurs, "b");
 }
 
 // ---------------------------------------------------------------------------
