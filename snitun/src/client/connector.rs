@@ -7,20 +7,20 @@
 //! applications provide their own connectors, for example to serve TLS
 //! in-process on the channel itself (it is `AsyncRead + AsyncWrite`).
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
 use crate::mux::buffer::POOL;
+use crate::mux::outbox::{Outbox, OutboxEnd};
 use crate::mux::{Channel, ChannelId};
 
 /// The future a [`Connector`] returns for one channel.
@@ -78,12 +78,6 @@ pub const DEFAULT_ENDPOINT_PORT: u16 = 443;
 /// How long [`EndpointConnector`] waits for the endpoint's TCP connect by
 /// default.
 pub const DEFAULT_ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most chunks from the channel written to the endpoint with one vectored
-/// write.
-const MAX_WRITE_CHUNKS: usize = 16;
-/// About the most bytes taken from the channel for one vectored write:
-/// bounds what the relay holds outside the channel's flow control.
-const MAX_WRITE_BYTES: usize = 256 * 1024;
 /// Most steps one poll of the relay takes before yielding to other tasks.
 const MAX_STEPS_PER_POLL: usize = 32;
 
@@ -202,7 +196,7 @@ async fn relay(mut channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
             endpoint: &mut endpoint,
             down: Bytes::new(),
             down_done: false,
-            up: VecDeque::new(),
+            up: Outbox::default(),
         };
         poll_fn(|cx| relay.poll_relay(cx)).await
     };
@@ -243,7 +237,7 @@ struct Relay<'a> {
     /// longer read; the other direction delivers what arrived, then ends.
     down_done: bool,
     /// From the channel, not yet written to the endpoint.
-    up: VecDeque<Bytes>,
+    up: Outbox,
 }
 
 impl Relay<'_> {
@@ -273,59 +267,13 @@ impl Relay<'_> {
 
     /// One step channel -> endpoint. `Ready(Ok)`: something happened.
     fn poll_to_endpoint(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayEnd>> {
-        let mut gathered = false;
-        let mut queued: usize = self.up.iter().map(Bytes::len).sum();
-        while self.up.len() < MAX_WRITE_CHUNKS && queued < MAX_WRITE_BYTES {
-            match self.channel.poll_recv(cx) {
-                Poll::Ready(Ok(Some(chunk))) => {
-                    queued += chunk.len();
-                    self.up.push_back(chunk);
-                    gathered = true;
-                }
-                // The end is acted on once what came before it is written:
-                // the channel reports it again.
-                Poll::Ready(Ok(None)) if self.up.is_empty() => {
-                    return Poll::Ready(Err(RelayEnd::ChannelClosed));
-                }
-                Poll::Ready(Err(e)) if self.up.is_empty() => {
-                    return Poll::Ready(Err(RelayEnd::ChannelAborted(e)));
-                }
-                Poll::Ready(_) | Poll::Pending => break,
-            }
-        }
-        if self.up.is_empty() {
-            return Poll::Pending;
-        }
-        let mut slices = [IoSlice::new(&[]); MAX_WRITE_CHUNKS];
-        let mut count = 0;
-        for (slot, chunk) in slices.iter_mut().zip(self.up.iter()) {
-            *slot = IoSlice::new(chunk);
-            count += 1;
-        }
-        let slices = slices.get(..count).unwrap_or_default();
-        match Pin::new(&mut *self.endpoint).poll_write_vectored(cx, slices) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Err(RelayEnd::EndpointFailed(
-                io::ErrorKind::WriteZero.into(),
-            ))),
-            Poll::Ready(Ok(mut n)) => {
-                while n > 0 {
-                    let Some(front) = self.up.front_mut() else {
-                        break;
-                    };
-                    if n >= front.len() {
-                        n -= front.len();
-                        self.up.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayEnd::EndpointFailed(e))),
-            Poll::Pending if gathered => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
-        }
+        self.up
+            .poll_forward(cx, self.channel, self.endpoint)
+            .map_err(|end| match end {
+                OutboxEnd::ChannelClosed => RelayEnd::ChannelClosed,
+                OutboxEnd::ChannelFailed(e) => RelayEnd::ChannelAborted(e),
+                OutboxEnd::WriteFailed(e) => RelayEnd::EndpointFailed(e),
+            })
     }
 
     /// One step endpoint -> channel. `Ready(Ok)`: something happened.

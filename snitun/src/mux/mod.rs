@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod frame;
 pub mod multiplexer;
+pub(crate) mod outbox;
 pub(crate) mod queue;
 
 pub use channel::{Channel, ChannelEnd};

@@ -22,17 +22,16 @@
 //!   [`caller_idle_timeout`](super::ServerLimits::caller_idle_timeout): both
 //!   are closed.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -44,14 +43,7 @@ use super::sni::read_client_hello_within;
 use crate::error::Error;
 use crate::mux::Channel;
 use crate::mux::buffer::POOL;
-
-/// Most chunks from the channel written to the caller with one vectored
-/// write.
-const MAX_WRITE_CHUNKS: usize = 16;
-
-/// About the most bytes taken from the channel for one vectored write:
-/// bounds what the relay holds outside the channel's flow control.
-const MAX_WRITE_BYTES: usize = 256 * 1024;
+use crate::mux::outbox::{Outbox, OutboxEnd};
 
 /// How long CLOSE may wait for the device to take the caller's last data.
 const CLOSE_SETTLE_LIMIT: Duration = Duration::from_secs(60);
@@ -246,9 +238,8 @@ struct Relay<'a> {
     channel: &'a mut Channel,
     /// Read from the caller, not yet taken by the channel.
     up: Bytes,
-    /// Received from the channel, not yet written to the caller (several
-    /// chunks go out with one vectored write).
-    down: VecDeque<Bytes>,
+    /// Received from the channel, not yet written to the caller.
+    down: Outbox,
     /// Caller -> channel is over: the caller sent FIN (and the channel was
     /// closed behind its data), or the channel refused data (it was closed
     /// or failed; its read side tells which).
@@ -265,7 +256,7 @@ impl<'a> Relay<'a> {
             caller,
             channel,
             up: first.freeze(),
-            down: VecDeque::new(),
+            down: Outbox::default(),
             up_done: false,
             closing: None,
             last_activity: Instant::now(),
@@ -389,61 +380,14 @@ impl<'a> Relay<'a> {
 
     /// One step channel -> caller. `Ready(Ok)`: something happened.
     fn poll_down(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), RelayEnd>> {
-        // Take what the channel has ready (without waiting), so one write
-        // carries several frames' payloads.
-        let mut gathered = false;
-        let mut queued: usize = self.down.iter().map(Bytes::len).sum();
-        while self.down.len() < MAX_WRITE_CHUNKS && queued < MAX_WRITE_BYTES {
-            match self.channel.poll_recv(cx) {
-                Poll::Ready(Ok(Some(chunk))) => {
-                    queued += chunk.len();
-                    self.down.push_back(chunk);
-                    gathered = true;
-                }
-                // The end (clean or not) is acted on once what came
-                // before it is written: the channel reports it again.
-                Poll::Ready(Ok(None)) if self.down.is_empty() => {
-                    return Poll::Ready(Err(RelayEnd::ChannelClosed));
-                }
-                Poll::Ready(Err(e)) if self.down.is_empty() => {
-                    return Poll::Ready(Err(RelayEnd::ChannelFailed(e)));
-                }
-                Poll::Ready(_) | Poll::Pending => break,
-            }
+        let step = self.down.poll_forward(cx, self.channel, self.caller);
+        if let Poll::Ready(Ok(())) = step {
+            self.last_activity = Instant::now();
         }
-        if self.down.is_empty() {
-            return Poll::Pending;
-        }
-        let mut slices = [IoSlice::new(&[]); MAX_WRITE_CHUNKS];
-        let mut count = 0;
-        for (slot, chunk) in slices.iter_mut().zip(self.down.iter()) {
-            *slot = IoSlice::new(chunk);
-            count += 1;
-        }
-        let slices = slices.get(..count).unwrap_or_default();
-        match Pin::new(&mut *self.caller).poll_write_vectored(cx, slices) {
-            Poll::Ready(Ok(0)) => {
-                Poll::Ready(Err(RelayEnd::CallerFailed(io::ErrorKind::WriteZero.into())))
-            }
-            Poll::Ready(Ok(mut n)) => {
-                while n > 0 {
-                    let Some(front) = self.down.front_mut() else {
-                        break;
-                    };
-                    if n >= front.len() {
-                        n -= front.len();
-                        self.down.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
-                self.last_activity = Instant::now();
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayEnd::CallerFailed(e))),
-            Poll::Pending if gathered => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
-        }
+        step.map_err(|end| match end {
+            OutboxEnd::ChannelClosed => RelayEnd::ChannelClosed,
+            OutboxEnd::ChannelFailed(e) => RelayEnd::ChannelFailed(e),
+            OutboxEnd::WriteFailed(e) => RelayEnd::CallerFailed(e),
+        })
     }
 }
