@@ -426,11 +426,11 @@ pub struct PeerToken {
 impl PeerToken {
     /// Check a decrypted token payload against `now` (UTC unix seconds).
     ///
-    /// Field rules: `valid` (number, required), `hostname` (string),
+    /// Field rules: `valid` (number, required), `hostname` (non-empty string),
     /// `aes_key` (hex, 32 bytes), `aes_iv` (hex; 16 bytes for aes-cbc, any
     /// length for the AEAD ciphers, which ignore it), `protocol_version`
     /// (0..=255, absent means 0), `cipher` (absent or null means aes-cbc),
-    /// `alias` (list of strings; absent or null means none). Unknown fields
+    /// `alias` (list of non-empty strings; absent or null means none). Unknown fields
     /// are ignored; a repeated field is rejected.
     ///
     /// # Errors
@@ -536,6 +536,19 @@ impl RawPayload {
         }
         if valid < now {
             return Err(Error::TokenExpired { valid });
+        }
+
+        // An empty name can never match a ClientHello's SNI (RFC 6066 names
+        // are not empty); the reference would register it anyway.
+        if raw.hostname.is_empty() {
+            return Err(Error::MalformedToken("hostname is empty".into()));
+        }
+        if raw
+            .alias
+            .as_ref()
+            .is_some_and(|names| names.iter().any(String::is_empty))
+        {
+            return Err(Error::MalformedToken("alias has an empty name".into()));
         }
 
         let cipher = match raw.cipher.as_deref() {
@@ -1177,6 +1190,9 @@ mod tests {
             format!("{{\"valid\": {FUTURE:?}, \"hostname\": \"h\", \"aes_key\": \"{KEY_HEX}\", \"aes_iv\": \"{}\"}}", &IV_HEX[..31]),
             format!("{{\"valid\": {FUTURE:?}, \"hostname\": \"h\", \"aes_key\": \"{KEY_HEX}\", \"aes_iv\": \"xx\", \"cipher\": \"aes-gcm\"}}"),
             format!("{{\"valid\": {FUTURE:?}, \"hostname\": \"h\", \"aes_key\": \"{KEY_HEX}\", \"aes_iv\": \"{IV_HEX} \"}}"),
+            // Found by the fuzzer: names that no SNI can match.
+            format!("{{\"valid\": {FUTURE:?}, \"hostname\": \"\", \"aes_key\": \"{KEY_HEX}\", \"aes_iv\": \"{IV_HEX}\"}}"),
+            payload(", \"alias\": [\"a.example\", \"\"]"),
         ];
         for p in &malformed {
             assert!(
@@ -1245,8 +1261,9 @@ mod tests {
 
     prop_compose! {
         fn arb_claims()(
-            hostname in any::<String>(),
-            aliases in proptest::collection::vec(any::<String>(), 0..4),
+            // Names are never empty (the validator refuses those).
+            hostname in "(?s).+",
+            aliases in proptest::collection::vec("(?s).+", 0..4),
             // Whole range the validator accepts, fractions included.
             valid in NOW..MAX_VALID,
             aes_key in any::<[u8; 32]>(),

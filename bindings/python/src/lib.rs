@@ -107,6 +107,10 @@ fn mint_token<'py>(
     aes_iv: &[u8],
     cipher_name: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    if hostname.is_empty() {
+        // Servers refuse such tokens (no SNI can match an empty name).
+        return Err(PyValueError::new_err("hostname must not be empty"));
+    }
     let ring = key_ring(keys)?;
     let (key, iv) = aes_material(aes_key, aes_iv)?;
     let mut claims = TokenClaims::new(hostname, Duration::ZERO).with_cipher(cipher(cipher_name)?);

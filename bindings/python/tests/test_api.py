@@ -81,6 +81,8 @@ def test_token_bad_arguments() -> None:
         generate_client_token([fernet_key()], timedelta(hours=1), "h", key[:8], iv)
     with pytest.raises(ValueError):
         generate_client_token([fernet_key()], timedelta(hours=1), "h", key, iv, "rot13")
+    with pytest.raises(ValueError, match="hostname"):
+        generate_client_token([fernet_key()], timedelta(hours=1), "", key, iv)
 
 
 def test_access_list() -> None:
