@@ -15,6 +15,7 @@ mod endpoint;
 mod load;
 mod memory;
 mod procs;
+mod relay;
 mod report;
 mod run;
 mod stats;
@@ -45,6 +46,9 @@ enum Command {
     Run(run::RunArgs),
     /// Resident memory per idle peer and per idle channel on our server.
     Memory(memory::MemoryArgs),
+    /// A plain TCP forwarder (the `relays` topology runs two).
+    #[command(hide = true)]
+    Relay(relay::RelayArgs),
 }
 
 /// Where the tool finds the programs it starts.
@@ -181,6 +185,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Some(Command::Run(args)) => run::run(args).await,
             Some(Command::Memory(args)) => memory::run(args).await,
+            Some(Command::Relay(args)) => relay::run(args).await,
             None => run::run(cli.run).await,
         }
     });

@@ -20,6 +20,9 @@ pub enum Impl {
     /// Another build of the `snitun` CLI (`--baseline-bin`), to compare a
     /// change with what it replaces in the same run.
     Baseline,
+    /// A plain TCP forwarder (`snitun-bench relay`) on each side: no
+    /// tunnel, the same hops.
+    Relay,
 }
 
 /// Where the programs are.
@@ -40,6 +43,7 @@ impl Programs {
     fn cli(&self, which: Impl) -> Res<&Path> {
         match which {
             Impl::Baseline => Ok(self.baseline.as_deref().ok_or("no --baseline-bin given")?),
+            Impl::Relay => Err("a relay is not a snitun CLI".into()),
             _ => Ok(&self.snitun),
         }
     }
@@ -135,6 +139,7 @@ pub struct ServerProc {
 /// Start a server of `which` on loopback with free ports.
 pub async fn start_server(which: Impl, programs: &Programs, fernet_key: &str) -> Res<ServerProc> {
     let cmd = match which {
+        Impl::Relay => return Err("relays are started with start_relay".into()),
         Impl::Ours | Impl::Baseline => {
             let mut cmd = Command::new(programs.cli(which)?);
             cmd.args(["server", "--sni", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
@@ -174,6 +179,23 @@ pub async fn start_server(which: Impl, programs: &Programs, fernet_key: &str) ->
     })
 }
 
+/// Start a plain forwarder (this program's `relay` command) to `to`;
+/// returns it and where it listens.
+pub async fn start_relay(to: SocketAddr) -> Res<(Proc, SocketAddr)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["relay", "--to", &to.to_string()]);
+    let (proc, stdout) = spawn(cmd)?;
+    let mut addr = None;
+    read_startup(stdout, Duration::from_secs(30), |line| {
+        addr = line
+            .strip_prefix("listening relay ")
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+        addr.is_some()
+    })
+    .await?;
+    Ok((proc, addr.ok_or("no relay address")?))
+}
+
 /// What a client needs from its token.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -199,6 +221,7 @@ pub async fn start_client(
     let server = server.to_string();
     let endpoint = endpoint.to_string();
     let cmd = match which {
+        Impl::Relay => return Err("relays are started with start_relay".into()),
         Impl::Ours | Impl::Baseline => {
             let mut cmd = Command::new(programs.cli(which)?);
             cmd.arg("client")

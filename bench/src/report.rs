@@ -315,7 +315,7 @@ impl Report {
             out.push_str(&format!(" {} |", r.name));
         }
         let with_ratios = self.get("ours").is_some();
-        let ratio_columns: Vec<&str> = ["direct", "reference", "baseline"]
+        let ratio_columns: Vec<&str> = ["direct", "relays", "reference", "baseline"]
             .into_iter()
             .filter(|n| with_ratios && self.get(n).is_some())
             .collect();
@@ -407,7 +407,7 @@ impl Report {
         }
         let mut ratios = serde_json::Map::new();
         for metric in Metric::ALL {
-            for other in ["direct", "reference", "baseline"] {
+            for other in ["direct", "relays", "reference", "baseline"] {
                 if let Some(r) = self.ratio(metric, other) {
                     ratios.insert(format!("{}.ours_over_{other}", metric.key()), json!(r));
                 }

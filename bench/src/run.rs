@@ -49,10 +49,14 @@ pub struct RunArgs {
     /// --quick).
     #[arg(long)]
     connections: Option<usize>,
-    /// Only these topologies (comma-separated: direct, ours, reference,
-    /// ours-ref, ref-ours, baseline).
+    /// Only these topologies (comma-separated: direct, relays, ours,
+    /// reference, ours-ref, ref-ours, baseline).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these workloads (comma-separated: upload, download, aggregate,
+    /// echo, connections), e.g. to profile one of them.
+    #[arg(long, value_delimiter = ',', value_parser = ["upload", "download", "aggregate", "echo", "connections"])]
+    workloads: Vec<String>,
     /// Tunnel cipher: aes-cbc (the reference's default), aes-gcm,
     /// aes-gcm-siv.
     #[arg(long, default_value = "aes-cbc")]
@@ -112,11 +116,16 @@ pub const BASELINE: Topology = Topology {
 };
 
 /// Every topology, in table order.
-pub const TOPOLOGIES: [Topology; 5] = [
+pub const TOPOLOGIES: [Topology; 6] = [
     Topology {
         name: "direct",
         label: "direct (no tunnel)",
         sides: None,
+    },
+    Topology {
+        name: "relays",
+        label: "two plain TCP forwarders in a chain (no tunnel, the same three hops)",
+        sides: Some((Impl::Relay, Impl::Relay)),
     },
     Topology {
         name: "ours",
@@ -261,6 +270,18 @@ async fn start(
 ) -> Res<Live> {
     let (addr, server, client) = match topology.sides {
         None => (endpoint, None, None),
+        Some((Impl::Relay, _)) => {
+            // The "client" relay forwards to the endpoint, the "server" one
+            // to it; callers connect to the latter.
+            let (client, client_addr) = procs::start_relay(endpoint).await?;
+            let (server, server_addr) = procs::start_relay(client_addr).await?;
+            let server = ServerProc {
+                proc: server,
+                sni: server_addr,
+                peer: server_addr,
+            };
+            (server_addr, Some(server), Some(client))
+        }
         Some((server_impl, client_impl)) => {
             let key = keys.primary().to_base64();
             let server = procs::start_server(server_impl, programs, &key).await?;
@@ -347,6 +368,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
         l.memory(true)?;
     }
 
+    let wants = |name: &str| args.workloads.is_empty() || args.workloads.iter().any(|w| w == name);
     let started = std::time::Instant::now();
     for round in 0..plan.reps {
         eprintln!(
@@ -357,7 +379,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
         );
         // Rotate the order every round: no variant always goes first.
         let order: Vec<usize> = (0..live.len()).map(|i| (i + round) % live.len()).collect();
-        for &i in &order {
+        for &i in order.iter().filter(|_| wants("upload")) {
             let Some(l) = live.get_mut(i) else { continue };
             let t = l
                 .bulk(
@@ -368,7 +390,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
                 .map_err(|e| format!("{} upload: {e}", l.topology.name))?;
             l.push(Metric::Upload, mbs(plan.bulk_bytes, t));
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| wants("download")) {
             let Some(l) = live.get_mut(i) else { continue };
             let t = l
                 .bulk(
@@ -379,7 +401,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
                 .map_err(|e| format!("{} download: {e}", l.topology.name))?;
             l.push(Metric::Download, mbs(plan.bulk_bytes, t));
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| wants("aggregate")) {
             let Some(l) = live.get_mut(i) else { continue };
             let total = plan.channel_bytes * plan.channels as u64;
             let (all, each) = l
@@ -395,7 +417,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
             let fastest = rates.iter().copied().fold(0.0, f64::max);
             l.push(Metric::Fairness, slowest / fastest);
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| wants("echo")) {
             let Some(l) = live.get_mut(i) else { continue };
             let times = limited(load::echo(l.addr, &hello, plan.echo_size, plan.echoes))
                 .await
@@ -404,7 +426,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
             l.push(Metric::EchoP50, percentile(&micros, 50.0));
             l.push(Metric::EchoP99, percentile(&micros, 99.0));
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| wants("connections")) {
             let Some(l) = live.get_mut(i) else { continue };
             let t = limited(load::connections(
                 l.addr,
