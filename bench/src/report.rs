@@ -93,7 +93,7 @@ impl Metric {
             Metric::Fairness => "16 channels: slowest / fastest",
             Metric::EchoP50 => "1 KiB echo p50 (µs)",
             Metric::EchoP99 => "1 KiB echo p99 (µs)",
-            Metric::ConnRate => "new connections/s (8 in flight)",
+            Metric::ConnRate => "new connections/s (in flight: see above)",
             Metric::IdleRssServer => "server idle RSS (MiB)",
             Metric::IdleRssClient => "client idle RSS (MiB)",
             Metric::PeakRssServer => "server peak RSS (MiB)",

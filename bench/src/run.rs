@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// --quick).
     #[arg(long)]
     connections: Option<usize>,
+    /// Connections in flight at once in the connection-rate figure;
+    /// default 8.
+    #[arg(long)]
+    in_flight: Option<usize>,
     /// Only these topologies (comma-separated: direct, relays, ours,
     /// reference, ours-ref, ref-ours, baseline).
     #[arg(long, value_delimiter = ',')]
@@ -256,7 +260,7 @@ fn plan(args: &RunArgs) -> Plan {
             .connections
             .unwrap_or(if quick { 300 } else { 2000 })
             .max(1),
-        in_flight: IN_FLIGHT,
+        in_flight: args.in_flight.unwrap_or(IN_FLIGHT).max(1),
         cipher: args.cipher.clone(),
     }
 }
