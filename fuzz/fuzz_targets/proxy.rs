@@ -1,10 +1,13 @@
 //! The PROXY v1/v2 parser and the async header reader on arbitrary bytes:
-//! no panic, and a header the parser finds is one the reader finds too.
+//! no panic, and a header the parser finds is one the reader finds too
+//! (or refuses, when it is longer than the reader's limit).
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use snitun::server::proxy_protocol::{ProxyParse, parse_proxy_header, read_proxy_header};
+use snitun::server::proxy_protocol::{
+    MAX_PROXY_HEADER_READ, ProxyParse, parse_proxy_header, read_proxy_header,
+};
 use snitun_fuzz::{Pieces, block_on, take_byte};
 
 fuzz_target!(|input: &[u8]| {
@@ -21,6 +24,15 @@ fuzz_target!(|input: &[u8]| {
             .map(|header| (header, buf.len()))
     });
     if let Ok(ProxyParse::Header { source, size }) = parsed {
+        if size > MAX_PROXY_HEADER_READ {
+            // The parser follows the reference (any announced length); the
+            // reader bounds what a caller may make the server buffer.
+            assert!(
+                matches!(read, Err(snitun::Error::InvalidProxyHeader(_))),
+                "a {size}-byte header, the reader: {read:?}"
+            );
+            return;
+        }
         match read {
             Ok((Some(header), rest)) => {
                 assert_eq!(header.source, source);

@@ -301,19 +301,10 @@ impl Relay<'_> {
         }
         // A recycled buffer for a whole frame; what is read goes to the
         // channel as it is (see mux::buffer). Idle channels hold none.
-        let mut buf = POOL.take();
-        let read = self.endpoint.try_read_buf(&mut buf);
-        let buf = match read {
-            Ok(n) if n > 0 => buf,
-            _ => {
-                POOL.give_back(buf);
-                Vec::new()
-            }
-        };
-        match read {
-            Ok(0) => Poll::Ready(Err(RelayEnd::EndpointClosed)),
-            Ok(_) => {
-                self.down = POOL.freeze(buf);
+        match POOL.read_from(self.endpoint) {
+            Ok(read) if read.is_empty() => Poll::Ready(Err(RelayEnd::EndpointClosed)),
+            Ok(read) => {
+                self.down = read;
                 Poll::Ready(Ok(()))
             }
             // Readiness was stale; polling again registers for the next.

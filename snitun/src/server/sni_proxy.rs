@@ -345,17 +345,8 @@ impl<'a> Relay<'a> {
         }
         // A recycled buffer for a whole frame; what is read goes to the
         // channel as it is (see mux::buffer). Idle callers hold none.
-        let mut buf = POOL.take();
-        let read = self.caller.try_read_buf(&mut buf);
-        let buf = match read {
-            Ok(n) if n > 0 => buf,
-            _ => {
-                POOL.give_back(buf);
-                Vec::new()
-            }
-        };
-        match read {
-            Ok(0) => {
+        match POOL.read_from(self.caller) {
+            Ok(read) if read.is_empty() => {
                 // FIN from the caller: CLOSE goes out after the data already
                 // queued, once the device has provably taken it (a reference
                 // client drops a stream's tail when CLOSE meets a pause); the
@@ -367,8 +358,8 @@ impl<'a> Relay<'a> {
                 }));
                 Poll::Ready(Ok(()))
             }
-            Ok(_) => {
-                self.up = POOL.freeze(buf);
+            Ok(read) => {
+                self.up = read;
                 self.last_activity = Instant::now();
                 Poll::Ready(Ok(()))
             }

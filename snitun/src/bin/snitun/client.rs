@@ -15,6 +15,7 @@ use crate::signal;
 /// `--no-reconnect`: then the first failure, or the end of the link, ends
 /// the command (with an error).
 pub async fn run(args: ClientArgs) -> Result<()> {
+    let mut stop = signal::listen();
     let key: [u8; KEY_SIZE] = decode_hex("--aes-key", &args.aes_key)?;
     let iv: [u8; IV_SIZE] = decode_hex("--aes-iv", &args.aes_iv)?;
     if args.token.trim().is_empty() {
@@ -45,7 +46,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let connecting = connect(builder, policy.as_ref());
     let session = tokio::select! {
         session = connecting => session?,
-        () = signal::shutdown() => return Ok(()),
+        () = stop.recv() => return Ok(()),
     };
     info!(endpoint = %args.endpoint, "serving callers");
     // One line on stdout for scripts waiting for the tunnel to be up.
@@ -54,7 +55,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         end = session.wait() => {
             bail!("connection to {} ended: {end}", args.server)
         }
-        () = signal::shutdown() => {
+        () = stop.recv() => {
             session.disconnect().await;
             Ok(())
         }

@@ -13,6 +13,7 @@ use crate::token::key_ring;
 /// scripts that asked for port 0 can read the ports), and serve until a
 /// signal; then shut down gracefully.
 pub async fn run(args: ServerArgs) -> Result<()> {
+    let mut stop = signal::listen();
     let keys = key_ring(&args.fernet_keys)?;
     // The reference's MULTIPLEXER_* environment overrides apply to the CLI.
     let mut builder = Server::builder(keys)
@@ -47,7 +48,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         ));
     }
     server
-        .run_until(signal::shutdown())
+        .run_until(async move { stop.recv().await })
         .await
         .context("running the server")
 }
