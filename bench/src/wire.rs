@@ -42,46 +42,11 @@ pub fn parse_command(buf: &[u8; COMMAND_LEN]) -> (u8, u64) {
     (mode.first().copied().unwrap_or(0), u64::from_be_bytes(n))
 }
 
-/// A TLS 1.3-style ClientHello record naming `host` (server_name,
-/// supported_versions and padding extensions, as real hellos carry). The
-/// servers only route on it; nobody terminates TLS.
+/// A TLS 1.3-style ClientHello record naming `host`, padded to the size
+/// of a typical browser hello. The servers only route on it; nobody
+/// terminates TLS.
 pub fn client_hello(host: &str) -> Vec<u8> {
-    fn u16be(n: usize) -> [u8; 2] {
-        u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes()
-    }
-    let mut list = vec![0u8];
-    list.extend_from_slice(&u16be(host.len()));
-    list.extend_from_slice(host.as_bytes());
-    let mut sni = u16be(list.len()).to_vec();
-    sni.extend_from_slice(&list);
-
-    let mut exts = vec![0x00, 0x00];
-    exts.extend_from_slice(&u16be(sni.len()));
-    exts.extend_from_slice(&sni);
-    // supported_versions: TLS 1.3
-    exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
-    // padding, to the size of a typical browser hello
-    exts.extend_from_slice(&[0x00, 0x15]);
-    exts.extend_from_slice(&u16be(200));
-    exts.extend_from_slice(&[0u8; 200]);
-
-    let mut hello = vec![0x03, 0x03];
-    hello.extend_from_slice(&[0x5a; 32]); // random
-    hello.push(32); // legacy session id
-    hello.extend_from_slice(&[0x11; 32]);
-    hello.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0x13, 0x02]); // suites
-    hello.extend_from_slice(&[0x01, 0x00]); // compression: null
-    hello.extend_from_slice(&u16be(exts.len()));
-    hello.extend_from_slice(&exts);
-
-    let mut handshake = vec![0x01, 0x00];
-    handshake.extend_from_slice(&u16be(hello.len()));
-    handshake.extend_from_slice(&hello);
-
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&u16be(handshake.len()));
-    record.extend_from_slice(&handshake);
-    record
+    snitun::server::sni::build_client_hello(Some(host), 200)
 }
 
 #[cfg(test)]

@@ -35,6 +35,9 @@ mod runtime;
 
 #[cfg(test)]
 mod tests;
+// The core crate's shared test helpers (tests/support) name it `snitun`.
+#[cfg(test)]
+extern crate snitun_core as snitun;
 
 use std::ffi::c_char;
 

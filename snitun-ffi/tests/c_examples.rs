@@ -24,7 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-// The ClientHello layout the core crate's tests use.
+// The core crate's test helpers, which name it `snitun` (this package's
+// own library of that name is C-only).
+extern crate snitun_core as snitun;
 #[path = "../../snitun/tests/support/mod.rs"]
 mod support;
 use support::client_hello;

@@ -181,36 +181,7 @@ fn queues(c: &mut Criterion) {
 }
 
 fn client_hello(host: &str) -> Vec<u8> {
-    fn u16be(n: usize) -> [u8; 2] {
-        (n as u16).to_be_bytes()
-    }
-    let mut list = vec![0u8];
-    list.extend_from_slice(&u16be(host.len()));
-    list.extend_from_slice(host.as_bytes());
-    let mut sni = u16be(list.len()).to_vec();
-    sni.extend_from_slice(&list);
-    let mut exts = vec![0x00, 0x00];
-    exts.extend_from_slice(&u16be(sni.len()));
-    exts.extend_from_slice(&sni);
-    exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
-    exts.extend_from_slice(&[0x00, 0x15]);
-    exts.extend_from_slice(&u16be(300));
-    exts.extend_from_slice(&[0u8; 300]);
-    let mut hello = vec![0x03, 0x03];
-    hello.extend_from_slice(&[0x5a; 32]);
-    hello.push(32);
-    hello.extend_from_slice(&[0x11; 32]);
-    hello.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0x13, 0x02]);
-    hello.extend_from_slice(&[0x01, 0x00]);
-    hello.extend_from_slice(&u16be(exts.len()));
-    hello.extend_from_slice(&exts);
-    let mut handshake = vec![0x01, 0x00];
-    handshake.extend_from_slice(&u16be(hello.len()));
-    handshake.extend_from_slice(&hello);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&u16be(handshake.len()));
-    record.extend_from_slice(&handshake);
-    record
+    snitun::server::sni::build_client_hello(Some(host), 300)
 }
 
 fn sni(c: &mut Criterion) {

@@ -354,6 +354,61 @@ pub async fn read_client_hello_within<R: AsyncRead + Unpin>(
     }
 }
 
+/// A minimal ClientHello in one TLS record, naming `host` when given: the
+/// server_name, supported_versions (TLS 1.3) and padding extensions, with
+/// `padding` bytes of padding (at most [`MAX_RECORD_LENGTH`]; more is
+/// clamped, as is a name over 255 bytes, which DNS does not allow anyway).
+/// It is all the router reads, so tests, benchmarks and health
+/// checks can reach a device through a server without a TLS stack.
+///
+/// ```
+/// use snitun::server::sni::{SniParse, build_client_hello, parse_sni};
+///
+/// let hello = build_client_hello(Some("device.example"), 100);
+/// assert!(matches!(parse_sni(&hello), Ok(SniParse::Hostname(h)) if h == "device.example"));
+/// ```
+pub fn build_client_hello(host: Option<&str>, padding: usize) -> Vec<u8> {
+    fn push_len(out: &mut Vec<u8>, n: usize) {
+        // Every length here is bounded by the clamps below.
+        out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
+    }
+    let padding = padding.min(MAX_RECORD_LENGTH);
+    let mut exts = Vec::with_capacity(padding + 64);
+    if let Some(host) = host {
+        let name = host
+            .as_bytes()
+            .get(..usize::from(u8::MAX))
+            .unwrap_or(host.as_bytes());
+        exts.extend_from_slice(&EXTENSION_SERVER_NAME.to_be_bytes());
+        push_len(&mut exts, name.len() + 5);
+        push_len(&mut exts, name.len() + 3);
+        exts.push(NAME_TYPE_HOST_NAME);
+        push_len(&mut exts, name.len());
+        exts.extend_from_slice(name);
+    }
+    // supported_versions: TLS 1.3, as every current client sends.
+    exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+    exts.extend_from_slice(&[0x00, 0x15]);
+    push_len(&mut exts, padding);
+    exts.resize(exts.len() + padding, 0);
+
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[0x5a; 32]); // random
+    hello.push(32); // legacy session id
+    hello.extend_from_slice(&[0x11; 32]);
+    hello.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0x13, 0x02]); // two suites
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+    push_len(&mut hello, exts.len());
+    hello.extend_from_slice(&exts);
+
+    let mut record = vec![CONTENT_TYPE_HANDSHAKE, RECORD_VERSION_MAJOR, 0x01];
+    push_len(&mut record, hello.len() + 4);
+    record.extend_from_slice(&[HANDSHAKE_CLIENT_HELLO, 0x00]);
+    push_len(&mut record, hello.len());
+    record.extend_from_slice(&hello);
+    record
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {

@@ -17,43 +17,9 @@ pub fn client_hello_for(host: Option<&str>) -> Vec<u8> {
 }
 
 /// [`client_hello_for`] with `padding` bytes of padding extension (up to
-/// about 16 KiB: a record's limit).
+/// 16 KiB: a record's limit).
 pub fn client_hello_padded(host: Option<&str>, padding: usize) -> Vec<u8> {
-    let mut exts = Vec::new();
-    if let Some(host) = host {
-        let mut list = vec![0u8];
-        list.extend_from_slice(&u16be(host.len()));
-        list.extend_from_slice(host.as_bytes());
-        let mut body = u16be(list.len()).to_vec();
-        body.extend_from_slice(&list);
-        exts.extend_from_slice(&[0, 0]);
-        exts.extend_from_slice(&u16be(body.len()));
-        exts.extend_from_slice(&body);
-    }
-    // supported_versions: TLS 1.3
-    exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
-    // padding
-    exts.extend_from_slice(&[0x00, 0x15]);
-    exts.extend_from_slice(&u16be(padding));
-    exts.extend_from_slice(&vec![0u8; padding]);
-
-    let mut hello = vec![0x03, 0x03];
-    hello.extend_from_slice(&[0x5a; 32]); // random
-    hello.push(32); // session id
-    hello.extend_from_slice(&[0x11; 32]);
-    hello.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0x13, 0x02]); // suites
-    hello.extend_from_slice(&[0x01, 0x00]); // compression
-    hello.extend_from_slice(&u16be(exts.len()));
-    hello.extend_from_slice(&exts);
-
-    let mut handshake = vec![0x01, 0x00];
-    handshake.extend_from_slice(&u16be(hello.len()));
-    handshake.extend_from_slice(&hello);
-
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&u16be(handshake.len()));
-    record.extend_from_slice(&handshake);
-    record
+    snitun::server::sni::build_client_hello(host, padding)
 }
 
 /// A ClientHello naming `host`.
