@@ -23,6 +23,8 @@ pub enum Impl {
     /// A plain TCP forwarder (`snitun-bench relay`) on each side: no
     /// tunnel, the same hops.
     Relay,
+    /// The same with splice(2) (`snitun-bench relay --splice`).
+    RelaySplice,
 }
 
 /// Where the programs are.
@@ -43,7 +45,7 @@ impl Programs {
     fn cli(&self, which: Impl) -> Res<&Path> {
         match which {
             Impl::Baseline => Ok(self.baseline.as_deref().ok_or("no --baseline-bin given")?),
-            Impl::Relay => Err("a relay is not a snitun CLI".into()),
+            Impl::Relay | Impl::RelaySplice => Err("a relay is not a snitun CLI".into()),
             _ => Ok(&self.snitun),
         }
     }
@@ -139,7 +141,9 @@ pub struct ServerProc {
 /// Start a server of `which` on loopback with free ports.
 pub async fn start_server(which: Impl, programs: &Programs, fernet_key: &str) -> Res<ServerProc> {
     let cmd = match which {
-        Impl::Relay => return Err("relays are started with start_relay".into()),
+        Impl::Relay | Impl::RelaySplice => {
+            return Err("relays are started with start_relay".into());
+        }
         Impl::Ours | Impl::Baseline => {
             let mut cmd = Command::new(programs.cli(which)?);
             cmd.args(["server", "--sni", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
@@ -181,9 +185,12 @@ pub async fn start_server(which: Impl, programs: &Programs, fernet_key: &str) ->
 
 /// Start a plain forwarder (this program's `relay` command) to `to`;
 /// returns it and where it listens.
-pub async fn start_relay(to: SocketAddr) -> Res<(Proc, SocketAddr)> {
+pub async fn start_relay(to: SocketAddr, splice: bool) -> Res<(Proc, SocketAddr)> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["relay", "--to", &to.to_string()]);
+    if splice {
+        cmd.arg("--splice");
+    }
     let (proc, stdout) = spawn(cmd)?;
     let mut addr = None;
     read_startup(stdout, Duration::from_secs(30), |line| {
@@ -221,7 +228,9 @@ pub async fn start_client(
     let server = server.to_string();
     let endpoint = endpoint.to_string();
     let cmd = match which {
-        Impl::Relay => return Err("relays are started with start_relay".into()),
+        Impl::Relay | Impl::RelaySplice => {
+            return Err("relays are started with start_relay".into());
+        }
         Impl::Ours | Impl::Baseline => {
             let mut cmd = Command::new(programs.cli(which)?);
             cmd.arg("client")

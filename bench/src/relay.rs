@@ -23,18 +23,30 @@ pub struct RelayArgs {
     /// Where every accepted connection is forwarded.
     #[arg(long)]
     to: SocketAddr,
+    /// Move bytes with splice(2) through a pipe (Linux): no copy through
+    /// user space, the floor for a tunnel that would splice its payloads.
+    #[arg(long)]
+    splice: bool,
 }
 
 /// Forward every connection until killed.
 pub async fn run(args: RelayArgs) -> Res<()> {
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening relay {}", listener.local_addr()?);
+    serve(listener, args.to, args.splice).await
+}
+
+/// Accept on `listener` and forward each connection to `to`.
+async fn serve(listener: TcpListener, to: SocketAddr, splice: bool) -> Res<()> {
     loop {
         let (inbound, _) = listener.accept().await?;
-        let to = args.to;
         tokio::spawn(async move {
             // A connection that breaks off is the load generator's to report.
-            let _ = forward(inbound, to).await;
+            let _ = if splice {
+                spliced::forward(inbound, to).await
+            } else {
+                forward(inbound, to).await
+            };
         });
     }
 }
@@ -46,4 +58,140 @@ async fn forward(mut inbound: TcpStream, to: SocketAddr) -> std::io::Result<()> 
     tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, BULK_BUFFER, BULK_BUFFER)
         .await?;
     Ok(())
+}
+
+#[cfg(target_os = "linux")]
+mod spliced {
+    //! The same forwarder with splice(2): socket -> pipe -> socket, the
+    //! pages moved by the kernel.
+
+    use std::io;
+    use std::net::SocketAddr;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use crate::wire::BULK_BUFFER;
+
+    pub async fn forward(inbound: TcpStream, to: SocketAddr) -> io::Result<()> {
+        let outbound = TcpStream::connect(to).await?;
+        inbound.set_nodelay(true)?;
+        outbound.set_nodelay(true)?;
+        tokio::try_join!(pump(&inbound, &outbound), pump(&outbound, &inbound))?;
+        Ok(())
+    }
+
+    /// `src` to `dst` until EOF (then FIN to `dst`).
+    async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
+        let (out, into) = pipe()?;
+        loop {
+            src.readable().await?;
+            let moved = src.try_io(Interest::READABLE, || {
+                splice(src.as_raw_fd(), into.as_raw_fd(), BULK_BUFFER)
+            });
+            let mut left = match moved {
+                Ok(0) => return shutdown_write(dst),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            while left > 0 {
+                dst.writable().await?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(out.as_raw_fd(), dst.as_raw_fd(), left)
+                }) {
+                    Ok(n) => left -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// A non-blocking pipe sized to hold one read: (read end, write end).
+    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds: [libc::c_int; 2] = [0; 2];
+        // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let [read, write] = fds;
+        // SAFETY: pipe2 succeeded: both descriptors are open and owned by
+        // nothing else.
+        let ends = unsafe { (OwnedFd::from_raw_fd(read), OwnedFd::from_raw_fd(write)) };
+        let size = libc::c_int::try_from(BULK_BUFFER).unwrap_or(libc::c_int::MAX);
+        // SAFETY: fcntl on a descriptor we own; a refusal keeps the default
+        // 64 KiB, which only means smaller moves.
+        let _ = unsafe { libc::fcntl(ends.1.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+        Ok(ends)
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: a plain system call on descriptors the caller keeps open,
+        // with no offsets (both are streams).
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+        // SAFETY: shutdown(2) on a socket the caller keeps open.
+        let rc = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load;
+    use crate::wire::client_hello;
+    use std::time::Duration;
+
+    /// Both forwarders carry every workload to the endpoint and back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_forwarders_carry_every_workload() {
+        let endpoint = crate::endpoint::spawn().await.unwrap();
+        for splice in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener, endpoint, splice));
+            let hello = client_hello("relay.test");
+            load::wait_routable(addr, &hello, Duration::from_secs(5))
+                .await
+                .unwrap();
+            load::upload(addr, &hello, 3 << 20).await.unwrap();
+            load::download(addr, &hello, 3 << 20).await.unwrap();
+            load::aggregate(addr, &hello, 4, 1 << 20).await.unwrap();
+            assert_eq!(load::echo(addr, &hello, 1024, 20).await.unwrap().len(), 20);
+            load::connections(addr, &hello, 40, 8, 64).await.unwrap();
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod spliced {
+    pub async fn forward(
+        _inbound: tokio::net::TcpStream,
+        _to: std::net::SocketAddr,
+    ) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "splice(2) is Linux-only",
+        ))
+    }
 }

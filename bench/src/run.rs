@@ -54,7 +54,8 @@ pub struct RunArgs {
     #[arg(long)]
     in_flight: Option<usize>,
     /// Only these topologies (comma-separated: direct, relays, ours,
-    /// reference, ours-ref, ref-ours, baseline).
+    /// reference, ours-ref, ref-ours, baseline, and relays-splice, which
+    /// runs only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these workloads (comma-separated: upload, download, aggregate,
@@ -117,6 +118,13 @@ pub const BASELINE: Topology = Topology {
     name: "baseline",
     label: "baseline: server + client from --baseline-bin",
     sides: Some((Impl::Baseline, Impl::Baseline)),
+};
+
+/// Two splice(2) forwarders: run only when named in `--only`.
+pub const RELAYS_SPLICE: Topology = Topology {
+    name: "relays-splice",
+    label: "two splice(2) forwarders in a chain (no copy through user space; Linux)",
+    sides: Some((Impl::RelaySplice, Impl::RelaySplice)),
 };
 
 /// Every topology, in table order.
@@ -274,11 +282,12 @@ async fn start(
 ) -> Res<Live> {
     let (addr, server, client) = match topology.sides {
         None => (endpoint, None, None),
-        Some((Impl::Relay, _)) => {
+        Some((kind @ (Impl::Relay | Impl::RelaySplice), _)) => {
             // The "client" relay forwards to the endpoint, the "server" one
             // to it; callers connect to the latter.
-            let (client, client_addr) = procs::start_relay(endpoint).await?;
-            let (server, server_addr) = procs::start_relay(client_addr).await?;
+            let splice = kind == Impl::RelaySplice;
+            let (client, client_addr) = procs::start_relay(endpoint, splice).await?;
+            let (server, server_addr) = procs::start_relay(client_addr, splice).await?;
             let server = ServerProc {
                 proc: server,
                 sni: server_addr,
@@ -315,6 +324,9 @@ pub async fn run(args: RunArgs) -> Res<()> {
     let mut all = TOPOLOGIES.to_vec();
     if args.baseline_bin.is_some() {
         all.push(BASELINE);
+    }
+    if args.only.iter().any(|o| o == RELAYS_SPLICE.name) {
+        all.push(RELAYS_SPLICE);
     }
     let selected: Vec<Topology> = all
         .into_iter()
