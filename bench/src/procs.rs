@@ -20,11 +20,6 @@ pub enum Impl {
     /// Another build of the `snitun` CLI (`--baseline-bin`), to compare a
     /// change with what it replaces in the same run.
     Baseline,
-    /// A plain TCP forwarder (`snitun-bench relay`) on each side: no
-    /// tunnel, the same hops.
-    Relay,
-    /// The same with splice(2) (`snitun-bench relay --splice`).
-    RelaySplice,
 }
 
 /// Where the programs are.
@@ -45,7 +40,6 @@ impl Programs {
     fn cli(&self, which: Impl) -> Res<&Path> {
         match which {
             Impl::Baseline => Ok(self.baseline.as_deref().ok_or("no --baseline-bin given")?),
-            Impl::Relay | Impl::RelaySplice => Err("a relay is not a snitun CLI".into()),
             _ => Ok(&self.snitun),
         }
     }
@@ -141,9 +135,6 @@ pub struct ServerProc {
 /// Start a server of `which` on loopback with free ports.
 pub async fn start_server(which: Impl, programs: &Programs, fernet_key: &str) -> Res<ServerProc> {
     let cmd = match which {
-        Impl::Relay | Impl::RelaySplice => {
-            return Err("relays are started with start_relay".into());
-        }
         Impl::Ours | Impl::Baseline => {
             let mut cmd = Command::new(programs.cli(which)?);
             cmd.args(["server", "--sni", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
@@ -228,9 +219,6 @@ pub async fn start_client(
     let server = server.to_string();
     let endpoint = endpoint.to_string();
     let cmd = match which {
-        Impl::Relay | Impl::RelaySplice => {
-            return Err("relays are started with start_relay".into());
-        }
         Impl::Ours | Impl::Baseline => {
             let mut cmd = Command::new(programs.cli(which)?);
             cmd.arg("client")

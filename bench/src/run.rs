@@ -102,29 +102,39 @@ pub struct Plan {
     pub cipher: String,
 }
 
-/// One topology: which implementation runs the server and the client
-/// (`None` for `direct`: callers go straight to the endpoint).
+/// What stands between the callers and the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Nothing: callers go straight to the endpoint.
+    Direct,
+    /// Two forwarders (`snitun-bench relay`, with `--splice` or not).
+    Relays { splice: bool },
+    /// A tunnel: which implementation runs the server and the client.
+    Tunnel(Impl, Impl),
+}
+
+/// One topology.
 #[derive(Debug, Clone, Copy)]
 pub struct Topology {
     /// Short name, as in the table.
     pub name: &'static str,
     /// What it is.
     pub label: &'static str,
-    sides: Option<(Impl, Impl)>,
+    path: Path,
 }
 
 /// The optional before/after topology (`--baseline-bin`).
 pub const BASELINE: Topology = Topology {
     name: "baseline",
     label: "baseline: server + client from --baseline-bin",
-    sides: Some((Impl::Baseline, Impl::Baseline)),
+    path: Path::Tunnel(Impl::Baseline, Impl::Baseline),
 };
 
 /// Two splice(2) forwarders: run only when named in `--only`.
 pub const RELAYS_SPLICE: Topology = Topology {
     name: "relays-splice",
     label: "two splice(2) forwarders in a chain (no copy through user space; Linux)",
-    sides: Some((Impl::RelaySplice, Impl::RelaySplice)),
+    path: Path::Relays { splice: true },
 };
 
 /// Every topology, in table order.
@@ -132,32 +142,32 @@ pub const TOPOLOGIES: [Topology; 6] = [
     Topology {
         name: "direct",
         label: "direct (no tunnel)",
-        sides: None,
+        path: Path::Direct,
     },
     Topology {
         name: "relays",
         label: "two plain TCP forwarders in a chain (no tunnel, the same three hops)",
-        sides: Some((Impl::Relay, Impl::Relay)),
+        path: Path::Relays { splice: false },
     },
     Topology {
         name: "ours",
         label: "ours: Rust server + Rust client",
-        sides: Some((Impl::Ours, Impl::Ours)),
+        path: Path::Tunnel(Impl::Ours, Impl::Ours),
     },
     Topology {
         name: "reference",
         label: "reference: Python server + Python client",
-        sides: Some((Impl::Reference, Impl::Reference)),
+        path: Path::Tunnel(Impl::Reference, Impl::Reference),
     },
     Topology {
         name: "ours-ref",
         label: "Rust server + Python client",
-        sides: Some((Impl::Ours, Impl::Reference)),
+        path: Path::Tunnel(Impl::Ours, Impl::Reference),
     },
     Topology {
         name: "ref-ours",
         label: "Python server + Rust client",
-        sides: Some((Impl::Reference, Impl::Ours)),
+        path: Path::Tunnel(Impl::Reference, Impl::Ours),
     },
 ];
 
@@ -211,7 +221,7 @@ impl Live {
 
     fn end_round(&mut self) {
         let gib = self.round_bytes / GIB;
-        if gib > 0.0 && self.topology.sides.is_some() {
+        if gib > 0.0 && self.topology.path != Path::Direct {
             self.push(Metric::CpuServer, self.round_cpu.0 / gib);
             self.push(Metric::CpuClient, self.round_cpu.1 / gib);
         }
@@ -280,12 +290,11 @@ async fn start(
     keys: &KeyRing,
     creds: &Credentials,
 ) -> Res<Live> {
-    let (addr, server, client) = match topology.sides {
-        None => (endpoint, None, None),
-        Some((kind @ (Impl::Relay | Impl::RelaySplice), _)) => {
+    let (addr, server, client) = match topology.path {
+        Path::Direct => (endpoint, None, None),
+        Path::Relays { splice } => {
             // The "client" relay forwards to the endpoint, the "server" one
             // to it; callers connect to the latter.
-            let splice = kind == Impl::RelaySplice;
             let (client, client_addr) = procs::start_relay(endpoint, splice).await?;
             let (server, server_addr) = procs::start_relay(client_addr, splice).await?;
             let server = ServerProc {
@@ -295,7 +304,7 @@ async fn start(
             };
             (server_addr, Some(server), Some(client))
         }
-        Some((server_impl, client_impl)) => {
+        Path::Tunnel(server_impl, client_impl) => {
             let key = keys.primary().to_base64();
             let server = procs::start_server(server_impl, programs, &key).await?;
             let client =
@@ -335,9 +344,9 @@ pub async fn run(args: RunArgs) -> Res<()> {
     if selected.is_empty() {
         return Err("--only selects no topology".into());
     }
-    let needs_reference = selected
-        .iter()
-        .any(|t| matches!(t.sides, Some((a, b)) if a == Impl::Reference || b == Impl::Reference));
+    let needs_reference = selected.iter().any(
+        |t| matches!(t.path, Path::Tunnel(a, b) if a == Impl::Reference || b == Impl::Reference),
+    );
     let programs = Programs {
         snitun: args.programs.snitun()?,
         baseline: args.baseline_bin.clone(),
