@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::mux::buffer::POOL;
+use crate::mux::inbox::{Inbox, InboxEnd};
 use crate::mux::outbox::{Outbox, OutboxEnd};
 use crate::mux::{Channel, ChannelId};
 
@@ -190,11 +189,12 @@ impl std::fmt::Display for RelayEnd {
 /// Copy both ways between `channel` and `endpoint` until either ends.
 async fn relay(mut channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
     let id: ChannelId = channel.id();
+    channel.enable_splice();
     let end = {
         let mut relay = Relay {
             channel: &mut channel,
             endpoint: &mut endpoint,
-            down: Bytes::new(),
+            down: Inbox::default(),
             down_done: false,
             up: Outbox::default(),
         };
@@ -231,8 +231,8 @@ async fn relay(mut channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
 struct Relay<'a> {
     channel: &'a mut Channel,
     endpoint: &'a mut TcpStream,
-    /// Read from the endpoint, not yet taken by the channel.
-    down: Bytes,
+    /// Endpoint -> channel.
+    down: Inbox,
     /// The channel refuses data (the server closed it): the endpoint is no
     /// longer read; the other direction delivers what arrived, then ends.
     down_done: bool,
@@ -278,38 +278,24 @@ impl Relay<'_> {
 
     /// One step endpoint -> channel. `Ready(Ok)`: something happened.
     fn poll_to_channel(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayEnd>> {
-        if !self.down.is_empty() {
-            return match self.channel.poll_send(cx, &mut self.down) {
-                Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::ConnectionAborted => {
-                    Poll::Ready(Err(RelayEnd::ChannelAborted(e)))
-                }
-                Poll::Ready(Err(_)) => {
-                    // The server closed the channel: the other direction
-                    // still delivers what arrived before CLOSE, then ends.
-                    self.down_done = true;
-                    self.down = Bytes::new();
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Pending => Poll::Pending,
-            };
-        }
-        match self.endpoint.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayEnd::EndpointFailed(e))),
-            Poll::Pending => return Poll::Pending,
-        }
-        // A recycled buffer for a whole frame; what is read goes to the
-        // channel as it is (see mux::buffer). Idle channels hold none.
-        match POOL.read_from(self.endpoint) {
-            Ok(read) if read.is_empty() => Poll::Ready(Err(RelayEnd::EndpointClosed)),
-            Ok(read) => {
-                self.down = read;
+        match self.down.poll_forward(cx, self.channel, self.endpoint) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(InboxEnd::Eof)) => Poll::Ready(Err(RelayEnd::EndpointClosed)),
+            Poll::Ready(Err(InboxEnd::ChannelRefused(e)))
+                if e.kind() == io::ErrorKind::ConnectionAborted =>
+            {
+                Poll::Ready(Err(RelayEnd::ChannelAborted(e)))
+            }
+            Poll::Ready(Err(InboxEnd::ChannelRefused(_))) => {
+                // The server closed the channel: the other direction still
+                // delivers what arrived before CLOSE, then ends.
+                self.down_done = true;
                 Poll::Ready(Ok(()))
             }
-            // Readiness was stale; polling again registers for the next.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(RelayEnd::EndpointFailed(e))),
+            Poll::Ready(Err(InboxEnd::ReadFailed(e))) => {
+                Poll::Ready(Err(RelayEnd::EndpointFailed(e)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -651,7 +651,7 @@ async fn establish(settings: &Settings) -> Result<Multiplexer> {
     )
     .await
     .map_err(explain_handshake_error)?;
-    Ok(Multiplexer::new(
+    Ok(Multiplexer::new_tcp(
         stream,
         state,
         settings.protocol_version,

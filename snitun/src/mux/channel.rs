@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::frame::{ChannelId, FLOW_CONTROL_MIN_VERSION, Flow, HEADER_SIZE};
 use super::multiplexer::Link;
 use super::queue::{OutFrame, PushError};
+use super::splice::Pipe;
 
 /// How a channel's incoming side ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,15 +39,43 @@ pub enum ChannelEnd {
     Aborted(String),
 }
 
+/// A piece of received payload, in memory or in the channel's pipe.
+enum Held {
+    Bytes(Bytes),
+    /// This many bytes, next in line in `Incoming::pipe`.
+    Piped(usize),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Bytes(bytes) => bytes.len(),
+            Held::Piped(len) => *len,
+        }
+    }
+}
+
+/// A piece of received payload as a relay takes it.
+pub(crate) enum Chunk {
+    Bytes(Bytes),
+    /// This many bytes, next in line in the pipe: a relay to a socket moves
+    /// them with [`Pipe::drain_to`].
+    Piped(Arc<Pipe>, usize),
+}
+
 #[derive(Default)]
 struct Incoming {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Held>,
     /// Accounted bytes: 32 per queued message plus its unread payload.
     bytes: usize,
     /// We sent PAUSE and owe the remote a RESUME.
     paused: bool,
     end: Option<ChannelEnd>,
     waker: Option<Waker>,
+    /// The consumer is a relay to a socket: the link reader may leave
+    /// payloads in `pipe` (see mux::splice).
+    splice: bool,
+    pipe: Option<Arc<Pipe>>,
 }
 
 /// State shared between a [`Channel`] handle and its link's reader task.
@@ -83,6 +112,39 @@ impl ChannelShared {
     /// Queue received payload; `high`/`cap` in accounted bytes. `can_pause`
     /// is false on protocol 0.
     pub fn deliver(&self, data: Bytes, high: usize, cap: usize, can_pause: bool) -> Delivery {
+        self.hold(Held::Bytes(data), high, cap, can_pause)
+    }
+
+    /// Queue `len` received bytes that the reader moved into the pipe
+    /// [`splice_pipe`](Self::splice_pipe) gave it; as
+    /// [`deliver`](Self::deliver).
+    pub fn deliver_piped(&self, len: usize, high: usize, cap: usize, can_pause: bool) -> Delivery {
+        self.hold(Held::Piped(len), high, cap, can_pause)
+    }
+
+    /// The pipe for a payload of `len` bytes, when this channel's consumer
+    /// takes piped payloads and the pipe has room (created on first use).
+    pub fn splice_pipe(&self, len: usize) -> Option<Arc<Pipe>> {
+        let mut incoming = self.lock();
+        if !incoming.splice || incoming.end.is_some() {
+            return None;
+        }
+        let pipe = match &incoming.pipe {
+            Some(pipe) => pipe.clone(),
+            None => match Pipe::new() {
+                Ok(pipe) => incoming.pipe.insert(Arc::new(pipe)).clone(),
+                Err(e) => {
+                    // Out of descriptors, most likely: copy instead.
+                    tracing::debug!(id = %self.id, error = %e, "no pipe for a channel");
+                    incoming.splice = false;
+                    return None;
+                }
+            },
+        };
+        pipe.has_room(len).then_some(pipe)
+    }
+
+    fn hold(&self, held: Held, high: usize, cap: usize, can_pause: bool) -> Delivery {
         let mut incoming = self.lock();
         if incoming.end.is_some() {
             return Delivery::Ended;
@@ -90,12 +152,21 @@ impl ChannelShared {
         if incoming.bytes >= cap {
             return Delivery::Overflow;
         }
-        if data.is_empty() {
+        if held.len() == 0 {
             return Delivery::Queued;
         }
-        incoming.bytes += HEADER_SIZE + data.len();
-        incoming.queue.push_back(data);
-        let pause = can_pause && !incoming.paused && incoming.bytes >= high;
+        let piped = matches!(held, Held::Piped(_));
+        incoming.bytes += HEADER_SIZE + held.len();
+        incoming.queue.push_back(held);
+        // A pipe nearly full would make the next payloads go through memory
+        // again: pause the remote early instead (resumed at the usual low
+        // watermark, by which the pipe has room again).
+        let pipe_full = piped
+            && incoming
+                .pipe
+                .as_ref()
+                .is_some_and(|pipe| pipe.nearly_full());
+        let pause = can_pause && !incoming.paused && (incoming.bytes >= high || pipe_full);
         if pause {
             incoming.paused = true;
         }
@@ -182,13 +253,48 @@ impl Channel {
 
     /// Poll for the next chunk; see [`recv`](Self::recv).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        match self.poll_recv_chunk(cx) {
+            Poll::Ready(Ok(Some(Chunk::Bytes(bytes)))) => Poll::Ready(Ok(Some(bytes))),
+            Poll::Ready(Ok(Some(Chunk::Piped(pipe, len)))) => {
+                Poll::Ready(copy_out(&pipe, len).map(Some))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Let the link reader leave this channel's payloads in a pipe: the
+    /// caller takes them with [`poll_recv_chunk`](Self::poll_recv_chunk)
+    /// and moves them to a socket. A no-op where the link cannot splice.
+    pub(crate) fn enable_splice(&self) {
+        if self.link.splices() {
+            self.shared.lock().splice = true;
+        }
+    }
+
+    /// Poll for the next chunk, leaving piped payloads in their pipe; see
+    /// [`enable_splice`](Self::enable_splice).
+    pub(crate) fn poll_recv_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Chunk>>> {
         if let Some(partial) = self.partial.take() {
-            return Poll::Ready(Ok(Some(partial)));
+            return Poll::Ready(Ok(Some(Chunk::Bytes(partial))));
         }
         let mut incoming = self.shared.lock();
-        if let Some(chunk) = incoming.queue.pop_front() {
-            incoming.bytes = incoming.bytes.saturating_sub(HEADER_SIZE + chunk.len());
+        if let Some(held) = incoming.queue.pop_front() {
+            incoming.bytes = incoming.bytes.saturating_sub(HEADER_SIZE + held.len());
             let resume = self.resume_due(&mut incoming);
+            let chunk = match held {
+                Held::Bytes(bytes) => Chunk::Bytes(bytes),
+                Held::Piped(len) => match &incoming.pipe {
+                    Some(pipe) => Chunk::Piped(pipe.clone(), len),
+                    None => {
+                        return Poll::Ready(Err(io::Error::other("piped data without a pipe")));
+                    }
+                },
+            };
             drop(incoming);
             if resume {
                 self.send_resume();
@@ -341,6 +447,20 @@ impl Channel {
             _ => io::Error::new(io::ErrorKind::BrokenPipe, "channel closed"),
         }
     }
+}
+
+/// The `len` bytes next in `pipe`, copied out (for consumers that are not
+/// sockets).
+fn copy_out(pipe: &Pipe, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match pipe.read_into(rest)? {
+            0 => return Err(io::Error::other("pipe holds less than was queued")),
+            n => filled += n,
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn aborted(why: &str) -> io::Error {

@@ -67,6 +67,22 @@ impl FrameDecoder {
         (!self.payload_is_encrypted(header)).then_some(header.size as usize)
     }
 
+    /// The header of the pending raw-payload frame (see
+    /// [`pending_raw_payload`](Self::pending_raw_payload)).
+    pub fn pending_raw_header(&self) -> Option<&FrameHeader> {
+        self.pending
+            .as_ref()
+            .filter(|header| !self.payload_is_encrypted(header))
+    }
+
+    /// Take the pending raw-payload frame's header: the caller consumes its
+    /// `size` payload bytes from the stream itself (moves them elsewhere)
+    /// and the decoder expects the next header after them.
+    pub fn skip_raw_payload(&mut self) -> Option<FrameHeader> {
+        self.pending_raw_header()?;
+        self.pending.take()
+    }
+
     /// Complete the pending raw-payload frame with `payload`, which must be
     /// exactly [`pending_raw_payload`](Self::pending_raw_payload) bytes
     /// long; `None` (and nothing changes) otherwise.

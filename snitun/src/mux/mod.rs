@@ -7,9 +7,11 @@ pub mod channel;
 pub mod codec;
 pub mod config;
 pub mod frame;
+pub(crate) mod inbox;
 pub mod multiplexer;
 pub(crate) mod outbox;
 pub(crate) mod queue;
+pub(crate) mod splice;
 
 pub use channel::{Channel, ChannelEnd};
 pub use codec::{Frame, FrameDecoder, FrameEncoder};

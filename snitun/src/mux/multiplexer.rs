@@ -18,6 +18,8 @@ use std::pin::Pin;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,7 @@ use super::frame::{
     PING_REQUEST, legacy_new_extra, new_payload, parse_legacy_new_extra, parse_new_payload,
 };
 use super::queue::{ControlError, OutFrame, OutQueue, Watermarks};
+use super::splice::{self, Filled, Pipe};
 use crate::crypto::{CipherState, Role};
 use crate::error::{Error, Result};
 
@@ -77,6 +80,10 @@ pub struct LinkStats {
     pub bytes_in: u64,
     /// Bytes written to the peer (all framing included).
     pub bytes_out: u64,
+    /// Of `bytes_in`, DATA payload that went on to a socket through a pipe
+    /// with splice(2), never copied into memory: links made with
+    /// [`Multiplexer::new_tcp`], channels relayed to sockets, Linux.
+    pub bytes_spliced: u64,
     /// Channels open now.
     pub channels: usize,
 }
@@ -85,6 +92,10 @@ pub struct LinkStats {
 pub(crate) struct Link {
     config: MuxConfig,
     protocol_version: u8,
+    /// The link is a TCP stream on a system with splice(2): received
+    /// payloads of channels relayed to sockets move through pipes (see
+    /// mux::splice).
+    splice: bool,
     out: OutQueue,
     channels: Mutex<HashMap<ChannelId, Arc<ChannelShared>>>,
     cancel: CancellationToken,
@@ -96,6 +107,7 @@ pub(crate) struct Link {
     pings: Mutex<u64>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    bytes_spliced: AtomicU64,
     started: Instant,
     /// Milliseconds after `started` of the last successful read or write.
     last_activity: AtomicU64,
@@ -112,6 +124,10 @@ impl Link {
 
     pub(crate) fn protocol_version(&self) -> u8 {
         self.protocol_version
+    }
+
+    pub(crate) fn splices(&self) -> bool {
+        self.splice
     }
 
     fn channels(&self) -> MutexGuard<'_, HashMap<ChannelId, Arc<ChannelShared>>> {
@@ -217,19 +233,9 @@ impl Link {
                     tracing::trace!(%id, "DATA for unknown channel");
                     return;
                 };
-                let cap = self.config.incoming_cap(self.protocol_version);
-                let can_pause = self.protocol_version >= FLOW_CONTROL_MIN_VERSION;
-                match channel.deliver(payload, self.config.incoming_high_watermark, cap, can_pause)
-                {
-                    Delivery::Queued | Delivery::Ended => {}
-                    Delivery::QueuedPause => {
-                        self.push_control(OutFrame::bare(id, Flow::Pause, &[]));
-                    }
-                    Delivery::Overflow => {
-                        tracing::warn!(%id, cap, "incoming queue full, closing channel");
-                        self.abort_channel(id, "incoming queue overflow");
-                    }
-                }
+                let (high, cap, can_pause) = self.delivery_limits();
+                let delivery = channel.deliver(payload, high, cap, can_pause);
+                self.delivered(id, delivery);
             }
             Flow::New => {
                 let Some(accept) = accept else {
@@ -271,6 +277,38 @@ impl Link {
                 tracing::warn!(%id, value, "unknown frame type, ignored");
             }
         }
+    }
+
+    /// The incoming high watermark, cap and whether PAUSE exists.
+    fn delivery_limits(&self) -> (usize, usize, bool) {
+        (
+            self.config.incoming_high_watermark,
+            self.config.incoming_cap(self.protocol_version),
+            self.protocol_version >= FLOW_CONTROL_MIN_VERSION,
+        )
+    }
+
+    /// Act on how a channel took received DATA.
+    fn delivered(&self, id: ChannelId, delivery: Delivery) {
+        match delivery {
+            Delivery::Queued | Delivery::Ended => {}
+            Delivery::QueuedPause => {
+                self.push_control(OutFrame::bare(id, Flow::Pause, &[]));
+            }
+            Delivery::Overflow => {
+                let cap = self.config.incoming_cap(self.protocol_version);
+                tracing::warn!(%id, cap, "incoming queue full, closing channel");
+                self.abort_channel(id, "incoming queue overflow");
+            }
+        }
+    }
+
+    /// The channel a DATA payload of `len` bytes may be spliced into, and
+    /// its pipe.
+    fn splice_target(&self, id: ChannelId, len: usize) -> Option<(Arc<ChannelShared>, Arc<Pipe>)> {
+        let channel = self.channels().get(&id).cloned()?;
+        let pipe = channel.splice_pipe(len)?;
+        Some((channel, pipe))
     }
 
     fn accept_channel(self: &Arc<Self>, id: ChannelId, ip: IpAddr, accept: &mpsc::Sender<Channel>) {
@@ -325,6 +363,39 @@ impl Multiplexer {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let (reader, writer) = tokio::io::split(stream);
+        Self::start(reader, writer, cipher, protocol_version, role, config)
+    }
+
+    /// As [`new`](Self::new), on a TCP stream: on Linux, bulk DATA received
+    /// for channels relayed to sockets (the server's callers, the client's
+    /// endpoints) then moves from the link to those sockets with splice(2)
+    /// instead of being copied through memory, and such a channel pauses
+    /// the peer once its pipe is three quarters full (1 MiB pipes, two
+    /// descriptors per busy channel); the bytes on the wire are the same.
+    pub fn new_tcp(
+        stream: TcpStream,
+        cipher: CipherState,
+        protocol_version: u8,
+        role: Role,
+        config: MuxConfig,
+    ) -> Multiplexer {
+        let (reader, writer) = stream.into_split();
+        Self::start(reader, writer, cipher, protocol_version, role, config)
+    }
+
+    fn start<R, W>(
+        reader: R,
+        writer: W,
+        cipher: CipherState,
+        protocol_version: u8,
+        role: Role,
+        config: MuxConfig,
+    ) -> Multiplexer
+    where
+        R: LinkReader + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (encryptor, decryptor) = cipher.split();
         let decoder = FrameDecoder::new(
             decryptor,
@@ -347,6 +418,7 @@ impl Multiplexer {
         let link = Arc::new(Link {
             config,
             protocol_version,
+            splice: splice::SUPPORTED && reader.tcp().is_some(),
             out: OutQueue::new(marks),
             channels: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
@@ -355,10 +427,10 @@ impl Multiplexer {
             pings: Mutex::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            bytes_spliced: AtomicU64::new(0),
             started: Instant::now(),
             last_activity: AtomicU64::new(0),
         });
-        let (reader, writer) = tokio::io::split(stream);
         tokio::spawn(read_loop(link.clone(), reader, decoder, accept_tx));
         tokio::spawn(write_loop(link.clone(), writer, encoder));
         Multiplexer { link, incoming }
@@ -436,6 +508,7 @@ impl Multiplexer {
         LinkStats {
             bytes_in: self.link.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.link.bytes_out.load(Ordering::Relaxed),
+            bytes_spliced: self.link.bytes_spliced.load(Ordering::Relaxed),
             channels: self.link.channels().len(),
         }
     }
@@ -456,7 +529,24 @@ impl std::fmt::Debug for Multiplexer {
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
+/// The reading half of the link's stream. A TCP half lends its socket, so
+/// the reader can splice payloads (see mux::splice).
+pub(crate) trait LinkReader: AsyncRead + Unpin {
+    /// The link's socket, when it is a plain TCP stream.
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<S: AsyncRead> LinkReader for tokio::io::ReadHalf<S> {}
+
+impl LinkReader for OwnedReadHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+async fn read_loop<R: LinkReader>(
     link: Arc<Link>,
     mut reader: R,
     mut decoder: FrameDecoder,
@@ -466,7 +556,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     link.terminate(end);
 }
 
-async fn read_frames<R: AsyncRead + Unpin>(
+async fn read_frames<R: LinkReader>(
     link: &Arc<Link>,
     reader: &mut R,
     decoder: &mut FrameDecoder,
@@ -481,6 +571,27 @@ async fn read_frames<R: AsyncRead + Unpin>(
     let idle = tokio::time::sleep_until(link.idle_deadline());
     tokio::pin!(idle);
     loop {
+        // A bulk payload for a channel relayed to a socket moves on through
+        // a pipe, when the payload has not started arriving in `buf`.
+        if buf.is_empty()
+            && link.splice
+            && let Some((id, len)) = decoder
+                .pending_raw_header()
+                .map(|header| (header.id, header.size as usize))
+                .filter(|(_, len)| (SMALL_READ..=BUFFER_SIZE).contains(len))
+            && let Some((channel, pipe)) = link.splice_target(id, len)
+        {
+            if decoder.skip_raw_payload().is_none() {
+                return LinkEnd::Failed("no pending payload".into());
+            }
+            if let Err(end) =
+                splice_payload(link, reader, &channel, &pipe, len, idle.as_mut()).await
+            {
+                return end;
+            }
+            header_only = true;
+            continue;
+        }
         // A large raw payload (bulk DATA) is read straight into a recycled
         // buffer of its own (see mux::buffer): the profile of a bulk
         // transfer showed the growing read buffer costing page faults on
@@ -539,6 +650,88 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 }
                 Ok(None) => break,
                 Err(e) => return LinkEnd::Failed(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Move a DATA payload of `len` bytes from the link into `channel`'s
+/// `pipe` (which has room for it by the count) and queue it there; what
+/// the pipe does not take is read into memory and queued behind.
+async fn splice_payload<R: LinkReader>(
+    link: &Link,
+    reader: &mut R,
+    channel: &ChannelShared,
+    pipe: &Pipe,
+    len: usize,
+    mut idle: Pin<&mut Sleep>,
+) -> std::result::Result<(), LinkEnd> {
+    let mut moved = 0;
+    if let Some(socket) = reader.tcp() {
+        while moved < len {
+            match splice_some(link, socket, pipe, len - moved, idle.as_mut()).await? {
+                Filled::Moved(n) => moved += n,
+                Filled::Eof => return Err(LinkEnd::PeerClosed),
+                Filled::PipeFull => break,
+            }
+        }
+    }
+    let (high, cap, can_pause) = link.delivery_limits();
+    if moved > 0 {
+        link.bytes_spliced
+            .fetch_add(moved as u64, Ordering::Relaxed);
+        link.delivered(
+            channel.id,
+            channel.deliver_piped(moved, high, cap, can_pause),
+        );
+    }
+    if moved < len {
+        let rest = len - moved;
+        let mut payload = POOL.take();
+        while payload.len() < rest {
+            let want = rest - payload.len();
+            read_some(link, reader, &mut (&mut payload).limit(want), idle.as_mut()).await?;
+        }
+        let payload = POOL.freeze(payload);
+        link.delivered(channel.id, channel.deliver(payload, high, cap, can_pause));
+    }
+    Ok(())
+}
+
+/// One move from the link's socket into `pipe` (up to `max` bytes), while
+/// watching for shutdown and the idle timeout.
+async fn splice_some(
+    link: &Link,
+    socket: &TcpStream,
+    pipe: &Pipe,
+    max: usize,
+    mut idle: Pin<&mut Sleep>,
+) -> std::result::Result<Filled, LinkEnd> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = link.cancel.cancelled() => return Err(LinkEnd::Shutdown),
+            ready = socket.readable() => {
+                if let Err(e) = ready {
+                    return Err(LinkEnd::Failed(format!("read: {e}")));
+                }
+                match pipe.fill_from(socket, max) {
+                    Ok(Filled::Moved(n)) => {
+                        link.touch();
+                        link.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        return Ok(Filled::Moved(n));
+                    }
+                    Ok(other) => return Ok(other),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(LinkEnd::Failed(format!("read: {e}"))),
+                }
+            }
+            _ = idle.as_mut() => {
+                let deadline = link.idle_deadline();
+                if Instant::now() >= deadline {
+                    return Err(LinkEnd::IdleTimeout);
+                }
+                idle.as_mut().reset(deadline);
             }
         }
     }

@@ -6,16 +6,23 @@
 //! stays inside the channel's flow control: a socket that does not take
 //! bytes stops the outbox taking chunks, the channel's incoming queue fills
 //! and PAUSE goes to the remote.
+//!
+//! Payloads the link reader left in the channel's pipe (see mux::splice)
+//! move pipe -> socket, in their turn among the chunks.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
 
 use super::Channel;
+use super::channel::Chunk;
+use super::splice::Pipe;
 
 /// Most chunks written with one vectored write.
 const MAX_WRITE_CHUNKS: usize = 16;
@@ -39,24 +46,33 @@ pub(crate) enum OutboxEnd {
 pub(crate) struct Outbox {
     chunks: VecDeque<Bytes>,
     bytes: usize,
+    /// A piped chunk after `chunks`: the bytes of it still in the pipe.
+    piped: Option<(Arc<Pipe>, usize)>,
 }
 
 impl Outbox {
     /// One step channel -> `socket`: take what the channel has ready
     /// (without waiting) and write it. `Ready(Ok)`: something moved;
     /// `Pending`: nothing can move now (wakers are registered).
-    pub(crate) fn poll_forward<W: AsyncWrite + Unpin>(
+    pub(crate) fn poll_forward(
         &mut self,
         cx: &mut Context<'_>,
         channel: &mut Channel,
-        socket: &mut W,
+        socket: &mut TcpStream,
     ) -> Poll<Result<(), OutboxEnd>> {
         let mut gathered = false;
-        while self.chunks.len() < MAX_WRITE_CHUNKS && self.bytes < MAX_WRITE_BYTES {
-            match channel.poll_recv(cx) {
-                Poll::Ready(Ok(Some(chunk))) => {
+        while self.piped.is_none()
+            && self.chunks.len() < MAX_WRITE_CHUNKS
+            && self.bytes < MAX_WRITE_BYTES
+        {
+            match channel.poll_recv_chunk(cx) {
+                Poll::Ready(Ok(Some(Chunk::Bytes(chunk)))) => {
                     self.bytes += chunk.len();
                     self.chunks.push_back(chunk);
+                    gathered = true;
+                }
+                Poll::Ready(Ok(Some(Chunk::Piped(pipe, len)))) => {
+                    self.piped = Some((pipe, len));
                     gathered = true;
                 }
                 // The end is acted on once what came before it is written:
@@ -71,7 +87,10 @@ impl Outbox {
             }
         }
         if self.chunks.is_empty() {
-            return Poll::Pending;
+            return match self.piped.take() {
+                Some((pipe, left)) => self.poll_splice(cx, socket, pipe, left, gathered),
+                None => Poll::Pending,
+            };
         }
         let mut slices = [IoSlice::new(&[]); MAX_WRITE_CHUNKS];
         let mut count = 0;
@@ -91,6 +110,46 @@ impl Outbox {
             Poll::Ready(Err(e)) => Poll::Ready(Err(OutboxEnd::WriteFailed(e))),
             Poll::Pending if gathered => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Move the piped chunk's `left` bytes on from the pipe.
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &TcpStream,
+        pipe: Arc<Pipe>,
+        left: usize,
+        gathered: bool,
+    ) -> Poll<Result<(), OutboxEnd>> {
+        match socket.poll_write_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(OutboxEnd::WriteFailed(e))),
+            Poll::Pending => {
+                self.piped = Some((pipe, left));
+                return if gathered {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+        }
+        match pipe.drain_to(socket, left) {
+            Ok(0) => Poll::Ready(Err(OutboxEnd::ChannelFailed(io::Error::other(
+                "a pipe holds less than was queued",
+            )))),
+            Ok(n) => {
+                if n < left {
+                    self.piped = Some((pipe, left - n));
+                }
+                Poll::Ready(Ok(()))
+            }
+            // Full: the readiness is cleared; polling again registers.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.piped = Some((pipe, left));
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(OutboxEnd::WriteFailed(e))),
         }
     }
 

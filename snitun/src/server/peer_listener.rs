@@ -60,7 +60,7 @@ pub(crate) async fn serve_peer(
         ctx.admission.refuse(Limit::Peers, max_peers, remote);
         return;
     }
-    let mux = Multiplexer::new(
+    let mux = Multiplexer::new_tcp(
         stream,
         state,
         token.protocol_version,

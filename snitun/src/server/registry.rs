@@ -49,6 +49,10 @@ pub struct PeerInfo {
     pub bytes_in: u64,
     /// Bytes written to the peer's link (framing included).
     pub bytes_out: u64,
+    /// Of `bytes_in`, DATA payload that moved on to callers through a pipe
+    /// instead of memory (Linux; see
+    /// [`LinkStats::bytes_spliced`](crate::mux::LinkStats::bytes_spliced)).
+    pub bytes_spliced: u64,
     /// Channels (callers) open on the link now.
     pub channels: usize,
     /// When the handshake completed.
@@ -146,6 +150,7 @@ impl PeerEntry {
             remote_addr: self.remote_addr,
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,
+            bytes_spliced: stats.bytes_spliced,
             channels: stats.channels,
             connected_at: self.connected_at,
         }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -42,7 +42,7 @@ use super::proxy_protocol::read_proxy_header;
 use super::sni::read_client_hello_within;
 use crate::error::Error;
 use crate::mux::Channel;
-use crate::mux::buffer::POOL;
+use crate::mux::inbox::{Inbox, InboxEnd};
 use crate::mux::outbox::{Outbox, OutboxEnd};
 
 /// How long CLOSE may wait for the device to take the caller's last data.
@@ -236,8 +236,8 @@ enum RelayEnd {
 struct Relay<'a> {
     caller: &'a mut TcpStream,
     channel: &'a mut Channel,
-    /// Read from the caller, not yet taken by the channel.
-    up: Bytes,
+    /// Caller -> channel.
+    up: Inbox,
     /// Received from the channel, not yet written to the caller.
     down: Outbox,
     /// Caller -> channel is over: the caller sent FIN (and the channel was
@@ -252,10 +252,11 @@ struct Relay<'a> {
 
 impl<'a> Relay<'a> {
     fn new(caller: &'a mut TcpStream, channel: &'a mut Channel, first: BytesMut) -> Self {
+        channel.enable_splice();
         Relay {
             caller,
             channel,
-            up: first.freeze(),
+            up: Inbox::new(first.freeze()),
             down: Outbox::default(),
             up_done: false,
             closing: None,
@@ -316,37 +317,12 @@ impl<'a> Relay<'a> {
 
     /// One step caller -> channel. `Ready(Ok)`: something happened.
     fn poll_up(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), RelayEnd>> {
-        if !self.up.is_empty() {
-            return match self.channel.poll_send(cx, &mut self.up) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Err(RelayEnd::ChannelFailed(
-                    io::ErrorKind::WriteZero.into(),
-                ))),
-                Poll::Ready(Ok(_)) => {
-                    self.last_activity = Instant::now();
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(e)) => {
-                    // The channel is closed or failed. Do not decide here:
-                    // what the peer sent before its CLOSE must still reach
-                    // the caller, and the channel's read side says whether
-                    // the end was clean.
-                    tracing::trace!(channel = %self.channel.id(), error = %e, "channel refuses data");
-                    self.up_done = true;
-                    self.up = Bytes::new();
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Pending => Poll::Pending,
-            };
-        }
-        match self.caller.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayEnd::CallerFailed(e))),
-            Poll::Pending => return Poll::Pending,
-        }
-        // A recycled buffer for a whole frame; what is read goes to the
-        // channel as it is (see mux::buffer). Idle callers hold none.
-        match POOL.read_from(self.caller) {
-            Ok(read) if read.is_empty() => {
+        match self.up.poll_forward(cx, self.channel, self.caller) {
+            Poll::Ready(Ok(())) => {
+                self.last_activity = Instant::now();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(InboxEnd::Eof)) => {
                 // FIN from the caller: CLOSE goes out after the data already
                 // queued, once the device has provably taken it (a reference
                 // client drops a stream's tail when CLOSE meets a pause); the
@@ -358,14 +334,19 @@ impl<'a> Relay<'a> {
                 }));
                 Poll::Ready(Ok(()))
             }
-            Ok(read) => {
-                self.up = read;
-                self.last_activity = Instant::now();
+            Poll::Ready(Err(InboxEnd::ChannelRefused(e))) => {
+                // The channel is closed or failed. Do not decide here: what
+                // the peer sent before its CLOSE must still reach the
+                // caller, and the channel's read side says whether the end
+                // was clean.
+                tracing::trace!(channel = %self.channel.id(), error = %e, "channel refuses data");
+                self.up_done = true;
                 Poll::Ready(Ok(()))
             }
-            // Readiness was stale; polling again registers for the next.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(RelayEnd::CallerFailed(e))),
+            Poll::Ready(Err(InboxEnd::ReadFailed(e))) => {
+                Poll::Ready(Err(RelayEnd::CallerFailed(e)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
