@@ -263,16 +263,24 @@ async fn caller_eof_closes_the_channel_after_its_data() {
     let dev = device(&handle, peer, &keys, &claims).await;
     let mut stream = caller(sni, b"", "eof.example", b"").await;
     let mut channel = accept_caller(&dev, "eof.example", b"").await;
-    let data = pattern(300_000, 9);
-    stream.write_all(&data).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    bounded("channel to EOF", channel.read_to_end(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, data);
-    // The server closes the caller too.
-    assert_eq!(read_all(&mut stream).await.unwrap(), b"");
+    // Sizes on both sides of the close settle threshold.
+    for size in [300_000, 100] {
+        let data = pattern(size, 9);
+        let reply = pattern(size / 3, 4);
+        channel.write_all(&reply).await.unwrap();
+        stream.write_all(&data).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        bounded("channel to EOF", channel.read_to_end(&mut got))
+            .await
+            .unwrap();
+        assert_eq!(got, data);
+        // The server closes the caller too, after what the device sent
+        // (a FIN, not a reset).
+        assert_eq!(read_all(&mut stream).await.unwrap(), reply);
+        stream = caller(sni, b"", "eof.example", b"").await;
+        channel = accept_caller(&dev, "eof.example", b"").await;
+    }
     handle.shutdown(LIMIT).await.unwrap();
 }
 

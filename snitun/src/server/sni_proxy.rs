@@ -167,7 +167,14 @@ pub(crate) async fn proxy(
         .run(idle_timeout, cancel)
         .await;
     match end {
-        RelayEnd::ChannelClosed => {
+        RelayEnd::ChannelClosed { caller_eof: true } => {
+            drop(channel);
+            // A clean end after the caller's FIN: it can send nothing more,
+            // so closing the socket sends our FIN, never a reset.
+            drop(caller);
+            tracing::debug!(channel = %id, "caller relay ended: caller and channel closed");
+        }
+        RelayEnd::ChannelClosed { caller_eof: false } => {
             drop(channel);
             // A clean end: FIN, then take (and drop) what the caller still
             // sends, so the close does not turn into a reset that could
@@ -216,7 +223,10 @@ async fn drain(caller: &mut TcpStream) -> io::Result<()> {
 enum RelayEnd {
     /// The channel reached its end cleanly (CLOSE from the peer, or the
     /// caller's EOF forwarded and the rest of the channel delivered).
-    ChannelClosed,
+    ChannelClosed {
+        /// The caller had sent FIN (all its input was read).
+        caller_eof: bool,
+    },
     /// Reading from or writing to the channel failed.
     ChannelFailed(io::Error),
     /// Reading from or writing to the caller failed.
@@ -244,6 +254,8 @@ struct Relay<'a> {
     /// closed behind its data), or the channel refused data (it was closed
     /// or failed; its read side tells which).
     up_done: bool,
+    /// The caller sent FIN.
+    caller_eof: bool,
     /// The caller sent FIN: CLOSE waits until the device has taken the data
     /// (see `Channel::close_after_delivery`).
     closing: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -259,6 +271,7 @@ impl<'a> Relay<'a> {
             up: Inbox::new(first.freeze()),
             down: Outbox::default(),
             up_done: false,
+            caller_eof: false,
             closing: None,
             last_activity: Instant::now(),
         }
@@ -328,6 +341,7 @@ impl<'a> Relay<'a> {
                 // client drops a stream's tail when CLOSE meets a pause); the
                 // channel's read side delivers what has arrived, then ends.
                 self.up_done = true;
+                self.caller_eof = true;
                 let settled = self.channel.delivery_settled();
                 self.closing = Some(Box::pin(async move {
                     let _ = tokio::time::timeout(CLOSE_SETTLE_LIMIT, settled).await;
@@ -356,8 +370,9 @@ impl<'a> Relay<'a> {
         if let Poll::Ready(Ok(())) = step {
             self.last_activity = Instant::now();
         }
+        let caller_eof = self.caller_eof;
         step.map_err(|end| match end {
-            OutboxEnd::ChannelClosed => RelayEnd::ChannelClosed,
+            OutboxEnd::ChannelClosed => RelayEnd::ChannelClosed { caller_eof },
             OutboxEnd::ChannelFailed(e) => RelayEnd::ChannelFailed(e),
             OutboxEnd::WriteFailed(e) => RelayEnd::CallerFailed(e),
         })
