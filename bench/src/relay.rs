@@ -63,13 +63,14 @@ async fn forward(mut inbound: TcpStream, to: SocketAddr) -> std::io::Result<()> 
 #[cfg(target_os = "linux")]
 mod spliced {
     //! The same forwarder with splice(2): socket -> pipe -> socket, the
-    //! pages moved by the kernel.
+    //! pages moved by the kernel (the library's own pipe, as the tunnel
+    //! uses it for received payloads).
 
     use std::io;
     use std::net::SocketAddr;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::fd::AsRawFd;
 
-    use tokio::io::Interest;
+    use snitun::mux::splice::{Filled, Pipe};
     use tokio::net::TcpStream;
 
     use crate::wire::BULK_BUFFER;
@@ -84,64 +85,24 @@ mod spliced {
 
     /// `src` to `dst` until EOF (then FIN to `dst`).
     async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
-        let (out, into) = pipe()?;
+        let pipe = Pipe::new()?;
         loop {
             src.readable().await?;
-            let moved = src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), into.as_raw_fd(), BULK_BUFFER)
-            });
-            let mut left = match moved {
-                Ok(0) => return shutdown_write(dst),
-                Ok(n) => n,
+            match pipe.fill_from(src, BULK_BUFFER) {
+                Ok(Filled::Eof) => return shutdown_write(dst),
+                Ok(Filled::Moved(_) | Filled::PipeFull) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
-            };
-            while left > 0 {
+            }
+            while pipe.queued() > 0 {
                 dst.writable().await?;
-                match dst.try_io(Interest::WRITABLE, || {
-                    splice(out.as_raw_fd(), dst.as_raw_fd(), left)
-                }) {
-                    Ok(n) => left -= n,
+                match pipe.drain_to(dst, usize::MAX) {
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
         }
-    }
-
-    /// A non-blocking pipe sized to hold one read: (read end, write end).
-    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-        let mut fds: [libc::c_int; 2] = [0; 2];
-        // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let [read, write] = fds;
-        // SAFETY: pipe2 succeeded: both descriptors are open and owned by
-        // nothing else.
-        let ends = unsafe { (OwnedFd::from_raw_fd(read), OwnedFd::from_raw_fd(write)) };
-        let size = libc::c_int::try_from(BULK_BUFFER).unwrap_or(libc::c_int::MAX);
-        // SAFETY: fcntl on a descriptor we own; a refusal keeps the default
-        // 64 KiB, which only means smaller moves.
-        let _ = unsafe { libc::fcntl(ends.1.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-        Ok(ends)
-    }
-
-    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-        // SAFETY: a plain system call on descriptors the caller keeps open,
-        // with no offsets (both are streams).
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
     fn shutdown_write(stream: &TcpStream) -> io::Result<()> {

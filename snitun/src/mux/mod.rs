@@ -11,7 +11,10 @@ pub(crate) mod inbox;
 pub mod multiplexer;
 pub(crate) mod outbox;
 pub(crate) mod queue;
-pub(crate) mod splice;
+// Not part of the stable API: public so that tools forwarding sockets the
+// same way (the benchmark's splicing relay) share one implementation.
+#[doc(hidden)]
+pub mod splice;
 
 pub use channel::{Channel, ChannelEnd};
 pub use codec::{Frame, FrameDecoder, FrameEncoder};

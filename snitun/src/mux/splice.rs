@@ -33,7 +33,7 @@ const PAUSE_MIN_CAPACITY: usize = 512 * 1024;
 
 /// What one move from a socket into a pipe did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Filled {
+pub enum Filled {
     /// This many bytes are now in the pipe.
     Moved(usize),
     /// The socket reached end of stream.
@@ -45,7 +45,7 @@ pub(crate) enum Filled {
 
 /// A non-blocking pipe and the count of bytes queued in it.
 #[derive(Debug)]
-pub(crate) struct Pipe {
+pub struct Pipe {
     #[cfg(target_os = "linux")]
     read: std::os::fd::OwnedFd,
     #[cfg(target_os = "linux")]
@@ -57,7 +57,7 @@ pub(crate) struct Pipe {
 
 impl Pipe {
     /// Bytes in the pipe.
-    pub(crate) fn queued(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
 
@@ -94,7 +94,7 @@ mod imp {
 
     impl Pipe {
         /// A new pipe, sized to [`PIPE_SIZE`] when the system allows.
-        pub(crate) fn new() -> io::Result<Pipe> {
+        pub fn new() -> io::Result<Pipe> {
             let mut fds: [libc::c_int; 2] = [0; 2];
             // SAFETY: `fds` is a writable array of two ints, as pipe2 needs.
             let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -128,7 +128,7 @@ mod imp {
         /// Move up to `max` bytes from `socket` (which reported readiness)
         /// into the pipe. `WouldBlock`: the socket is empty (its readiness
         /// is cleared, as after a read that would block).
-        pub(crate) fn fill_from(&self, socket: &TcpStream, max: usize) -> io::Result<Filled> {
+        pub fn fill_from(&self, socket: &TcpStream, max: usize) -> io::Result<Filled> {
             let max = max.min(self.room());
             if max == 0 {
                 return Ok(Filled::PipeFull);
@@ -158,7 +158,7 @@ mod imp {
         /// Move up to `max` queued bytes from the pipe to `socket` (which
         /// reported readiness). `WouldBlock`: the socket's send buffer is
         /// full.
-        pub(crate) fn drain_to(&self, socket: &TcpStream, max: usize) -> io::Result<usize> {
+        pub fn drain_to(&self, socket: &TcpStream, max: usize) -> io::Result<usize> {
             let max = max.min(self.queued());
             if max == 0 {
                 return Ok(0);
@@ -172,7 +172,7 @@ mod imp {
 
         /// Copy up to `buf.len()` queued bytes out of the pipe: the way for
         /// a consumer that is not a socket.
-        pub(crate) fn read_into(&self, buf: &mut [u8]) -> io::Result<usize> {
+        pub fn read_into(&self, buf: &mut [u8]) -> io::Result<usize> {
             let max = buf.len().min(self.queued());
             if max == 0 {
                 return Ok(0);
@@ -223,26 +223,26 @@ mod imp {
     }
 
     impl Pipe {
-        pub(crate) fn new() -> io::Result<Pipe> {
+        pub fn new() -> io::Result<Pipe> {
             Err(unsupported())
         }
 
-        pub(crate) fn fill_from(&self, _: &TcpStream, _: usize) -> io::Result<Filled> {
+        pub fn fill_from(&self, _: &TcpStream, _: usize) -> io::Result<Filled> {
             Err(unsupported())
         }
 
-        pub(crate) fn drain_to(&self, _: &TcpStream, _: usize) -> io::Result<usize> {
+        pub fn drain_to(&self, _: &TcpStream, _: usize) -> io::Result<usize> {
             Err(unsupported())
         }
 
-        pub(crate) fn read_into(&self, _: &mut [u8]) -> io::Result<usize> {
+        pub fn read_into(&self, _: &mut [u8]) -> io::Result<usize> {
             Err(unsupported())
         }
     }
 }
 
 /// Whether this system can splice at all.
-pub(crate) const SUPPORTED: bool = cfg!(target_os = "linux");
+pub const SUPPORTED: bool = cfg!(target_os = "linux");
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
