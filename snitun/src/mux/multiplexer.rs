@@ -604,13 +604,8 @@ async fn read_frames<R: LinkReader>(
             // What already arrived of it: less than a general read.
             payload.extend_from_slice(&buf);
             buf.clear();
-            while payload.len() < len {
-                let want = len - payload.len();
-                if let Err(end) =
-                    read_some(link, reader, &mut (&mut payload).limit(want), idle.as_mut()).await
-                {
-                    return end;
-                }
+            if let Err(end) = fill_to(link, reader, &mut payload, len, idle.as_mut()).await {
+                return end;
             }
             let Some(frame) = decoder.take_raw_payload(POOL.freeze(payload)) else {
                 return LinkEnd::Failed("payload length mismatch".into());
@@ -686,14 +681,25 @@ async fn splice_payload<R: LinkReader>(
         );
     }
     if moved < len {
-        let rest = len - moved;
         let mut payload = POOL.take();
-        while payload.len() < rest {
-            let want = rest - payload.len();
-            read_some(link, reader, &mut (&mut payload).limit(want), idle.as_mut()).await?;
-        }
+        fill_to(link, reader, &mut payload, len - moved, idle.as_mut()).await?;
         let payload = POOL.freeze(payload);
         link.delivered(channel.id, channel.deliver(payload, high, cap, can_pause));
+    }
+    Ok(())
+}
+
+/// Read from the link until `payload` holds `len` bytes.
+async fn fill_to<R: AsyncRead + Unpin>(
+    link: &Link,
+    reader: &mut R,
+    payload: &mut Vec<u8>,
+    len: usize,
+    mut idle: Pin<&mut Sleep>,
+) -> std::result::Result<(), LinkEnd> {
+    while payload.len() < len {
+        let want = len - payload.len();
+        read_some(link, reader, &mut payload.limit(want), idle.as_mut()).await?;
     }
     Ok(())
 }
