@@ -444,3 +444,52 @@ async fn close_after_delivery_waits_out_a_pause() {
     assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
     let _up = timeout(LIMIT, closer).await.unwrap().unwrap();
 }
+
+/// Bytes the link writes while `channel` settles and closes.
+async fn bytes_written_by_close(link: &Multiplexer, channel: &mut snitun::mux::Channel) -> u64 {
+    // Let the data go out first, so only the settle and CLOSE are counted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = link.stats().bytes_out;
+    timeout(LIMIT, channel.close_after_delivery(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    link.stats().bytes_out - before
+}
+
+#[tokio::test]
+async fn a_short_channel_closes_without_a_ping_and_a_long_one_pings() {
+    let (server, client) = link_pair(Cipher::AesCbc, 2, MuxConfig::default()).await;
+    // Read everything the device side receives, so nothing pauses.
+    let reader = tokio::spawn(async move {
+        let mut total = 0usize;
+        while let Some(mut channel) = client.accept().await {
+            let mut got = Vec::new();
+            channel.read_to_end(&mut got).await.unwrap();
+            total += got.len();
+            if total >= 10 + 1024 * 1024 {
+                break;
+            }
+        }
+        client
+    });
+
+    // Short: nothing but the CLOSE header goes out, and CLOSE still waits
+    // the grace that lets a half-closed caller's answer arrive.
+    let mut short = server.open_channel("192.0.2.1".parse().unwrap()).unwrap();
+    short.write_all(b"ten bytes!").await.unwrap();
+    let started = std::time::Instant::now();
+    let written = bytes_written_by_close(&server, &mut short).await;
+    assert_eq!(
+        written, 32,
+        "a short channel's close should be one CLOSE frame"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(20));
+
+    // Long: a PING (and its answer) proves delivery before CLOSE.
+    let mut long = server.open_channel("192.0.2.1".parse().unwrap()).unwrap();
+    long.write_all(&pattern(1024 * 1024, 3)).await.unwrap();
+    let written = bytes_written_by_close(&server, &mut long).await;
+    assert_eq!(written, 64, "a long channel's close should be PING + CLOSE");
+    let _client = timeout(LIMIT, reader).await.unwrap().unwrap();
+}

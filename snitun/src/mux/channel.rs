@@ -19,6 +19,10 @@ use std::time::Duration;
 const SETTLE_POLL: Duration = Duration::from_millis(5);
 /// How long it leaves a trailing PAUSE to arrive after the pong.
 const SETTLE_GRACE: Duration = Duration::from_millis(25);
+/// A channel that has sent less than this cannot have been paused by its
+/// peer, whose pause watermark is 2 MiB by default (the reference's and
+/// ours; configurable, but nobody sets it this low).
+const NEVER_PAUSED_BELOW: usize = 64 * 1024;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -392,7 +396,9 @@ impl Channel {
     /// RESUME then fails on the deleted queue). So when our side ends a
     /// stream, we first let our queue drain, prove with a ping round trip
     /// that the peer has read it all, give a PAUSE that data caused time to
-    /// arrive, and wait out any pause before sending CLOSE.
+    /// arrive, and wait out any pause before sending CLOSE. A channel that
+    /// sent less than 64 KiB cannot have been paused: it skips the round
+    /// trip and only waits the grace.
     pub async fn close_after_delivery(&mut self, limit: Duration) {
         if self.closed {
             return;
@@ -409,8 +415,18 @@ impl Channel {
     pub fn delivery_settled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let link = self.link.clone();
         let id = self.shared.id;
+        // Decided now: whoever settles a channel has stopped writing to it.
+        let short = link.out().sent_bytes(id) < NEVER_PAUSED_BELOW && !link.out().remote_paused(id);
         async move {
             if link.protocol_version() < FLOW_CONTROL_MIN_VERSION {
+                return;
+            }
+            if short {
+                // No pause to wait out, so no ping round trip (two link
+                // frames per short connection). CLOSE still waits the
+                // grace: a device's answer to a caller's half-close needs
+                // time to arrive before CLOSE ends the channel.
+                tokio::time::sleep(SETTLE_GRACE).await;
                 return;
             }
             // Our frames must be on the wire before the ping, which would

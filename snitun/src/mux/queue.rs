@@ -65,6 +65,8 @@ struct ChannelOut {
     scheduled: bool,
     /// CLOSE queued: nothing more may be added.
     closing: bool,
+    /// Accounted bytes of DATA ever queued (saturating).
+    sent: usize,
     /// The channel's writer, waiting for room.
     waker: Option<Waker>,
 }
@@ -181,6 +183,7 @@ impl OutQueue {
             payload,
         };
         channel.bytes += frame.size();
+        channel.sent = channel.sent.saturating_add(frame.size());
         channel.frames.push_back(frame);
         if channel.bytes > self.marks.high {
             channel.under_water = true;
@@ -276,6 +279,12 @@ impl OutQueue {
     /// Bytes queued for `id`.
     pub fn queued_bytes(&self, id: ChannelId) -> usize {
         self.lock().channels.get(&id).map_or(0, |c| c.bytes)
+    }
+
+    /// Accounted bytes of DATA ever queued for `id` (header plus payload per
+    /// frame, the reference's measure); 0 once the channel is gone.
+    pub fn sent_bytes(&self, id: ChannelId) -> usize {
+        self.lock().channels.get(&id).map_or(0, |c| c.sent)
     }
 
     /// Queue a control frame ahead of all channel data.
