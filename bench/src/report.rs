@@ -39,6 +39,11 @@ pub enum Metric {
     /// The benchmark process's own CPU seconds per GiB (load generator and
     /// endpoint).
     CpuLoad,
+    /// Server plus client CPU microseconds per short connection: what the
+    /// tunnel costs, apart from the load generator it shares the CPUs with.
+    CpuConnTunnel,
+    /// The benchmark process's CPU microseconds per short connection.
+    CpuConnLoad,
 }
 
 /// Whether more is better.
@@ -49,7 +54,7 @@ enum Better {
 }
 
 impl Metric {
-    const ALL: [Metric; 14] = [
+    const ALL: [Metric; 16] = [
         Metric::Upload,
         Metric::Download,
         Metric::Aggregate,
@@ -64,6 +69,8 @@ impl Metric {
         Metric::CpuServer,
         Metric::CpuClient,
         Metric::CpuLoad,
+        Metric::CpuConnTunnel,
+        Metric::CpuConnLoad,
     ];
 
     fn key(self) -> &'static str {
@@ -82,6 +89,8 @@ impl Metric {
             Metric::CpuServer => "cpu_server_s_per_gib",
             Metric::CpuClient => "cpu_client_s_per_gib",
             Metric::CpuLoad => "cpu_loadgen_s_per_gib",
+            Metric::CpuConnTunnel => "cpu_tunnel_us_per_connection",
+            Metric::CpuConnLoad => "cpu_loadgen_us_per_connection",
         }
     }
 
@@ -101,6 +110,8 @@ impl Metric {
             Metric::CpuServer => "server CPU s per GiB",
             Metric::CpuClient => "client CPU s per GiB",
             Metric::CpuLoad => "load generator + endpoint CPU s per GiB",
+            Metric::CpuConnTunnel => "server + client CPU µs per connection",
+            Metric::CpuConnLoad => "load generator + endpoint CPU µs per connection",
         }
     }
 
@@ -364,7 +375,9 @@ impl Report {
         out.push_str(&labels.join("; "));
         out.push_str(
             ".\nCPU per GiB: user + system seconds over the upload, download and aggregate \
-             workloads divided by the bytes they moved. Higher is better for MB/s, ratios of \
+             workloads divided by the bytes they moved. CPU per connection: user + system \
+             microseconds over the connection workload divided by its connections (the load \
+             generator shares the CPUs, so this is the tunnel's cost on its own). Higher is better for MB/s, ratios of \
              throughput and connections/s; lower for latency, memory and CPU.\n",
         );
         let targets = self.targets();

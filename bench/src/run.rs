@@ -453,6 +453,8 @@ pub async fn run(args: RunArgs) -> Res<()> {
         }
         for &i in order.iter().filter(|_| wants("connections")) {
             let Some(l) = live.get_mut(i) else { continue };
+            let (s0, c0) = l.cpu()?;
+            let own0 = procs::own_cpu_seconds()?;
             let t = limited(load::connections(
                 l.addr,
                 &hello,
@@ -462,7 +464,14 @@ pub async fn run(args: RunArgs) -> Res<()> {
             ))
             .await
             .map_err(|e| format!("{} connections: {e}", l.topology.name))?;
+            let (s1, c1) = l.cpu()?;
+            let own1 = procs::own_cpu_seconds()?;
+            let per_connection = 1e6 / plan.connections as f64;
             l.push(Metric::ConnRate, plan.connections as f64 / t.as_secs_f64());
+            if l.topology.path != Path::Direct {
+                l.push(Metric::CpuConnTunnel, (s1 - s0 + c1 - c0) * per_connection);
+            }
+            l.push(Metric::CpuConnLoad, (own1 - own0) * per_connection);
         }
         for l in live.iter_mut() {
             l.end_round();
