@@ -493,3 +493,164 @@ async fn a_short_channel_closes_without_a_ping_and_a_long_one_pings() {
     assert_eq!(written, 64, "a long channel's close should be PING + CLOSE");
     let _client = timeout(LIMIT, reader).await.unwrap().unwrap();
 }
+
+/// A stream that counts the writes that reached it.
+struct CountingWrites {
+    inner: TcpStream,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let done = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if done.is_ready() {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        done
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let done = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if done.is_ready() {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        done
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// A multi-threaded runtime on purpose: its scheduler runs a task woken by
+// another right after it, which is what would give every small frame its
+// own write if the writer did not let the other ready tasks go first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn small_frames_of_tasks_ready_together_share_a_write() {
+    const CHANNELS: usize = 20;
+    let keys = KeyRing::new(vec![FernetKey::generate()]).unwrap();
+    let claims = TokenClaims::new("device.test", Duration::from_secs(600));
+    let token = keys.mint(&claims);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hs = HandshakeConfig::default();
+    let server = async {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (peer, state) = server_handshake(&mut stream, BytesMut::new(), &keys, &hs)
+            .await
+            .unwrap();
+        let counted = CountingWrites {
+            inner: stream,
+            writes: writes.clone(),
+        };
+        let config = MuxConfig::default();
+        Multiplexer::new(
+            counted,
+            state,
+            peer.protocol_version,
+            Role::Responder,
+            config,
+        )
+    };
+    let client = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let state = client_handshake(
+            &mut stream,
+            token.as_bytes(),
+            claims.cipher,
+            &claims.aes_key,
+            &claims.aes_iv,
+            &hs,
+        )
+        .await
+        .unwrap();
+        let version = claims.protocol_version;
+        Multiplexer::new(
+            stream,
+            state,
+            version,
+            Role::Initiator,
+            MuxConfig::default(),
+        )
+    };
+    let (server, client) = timeout(LIMIT, async { tokio::join!(server, client) })
+        .await
+        .unwrap();
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        channels.push(server.open_channel("192.0.2.1".parse().unwrap()).unwrap());
+    }
+    let mut accepted = Vec::new();
+    for _ in 0..CHANNELS {
+        accepted.push(timeout(LIMIT, client.accept()).await.unwrap().unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Every task waits at the gate; opening it makes all of them ready at
+    // once, and each sends one small message on its own channel.
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut senders = Vec::new();
+    for mut channel in channels {
+        let gate = gate.clone();
+        senders.push(tokio::spawn(async move {
+            gate.notified().await;
+            channel.write_all(b"hello").await.unwrap();
+            channel
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = writes.load(std::sync::atomic::Ordering::Relaxed);
+    gate.notify_waiters();
+    let mut _open = Vec::new();
+    for sender in senders {
+        _open.push(timeout(LIMIT, sender).await.unwrap().unwrap());
+    }
+    for channel in accepted.iter_mut() {
+        let mut got = [0u8; 5];
+        timeout(LIMIT, channel.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"hello");
+    }
+    let used = writes.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        used <= 3,
+        "{CHANNELS} small frames made ready together took {used} writes"
+    );
+}

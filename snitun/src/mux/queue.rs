@@ -40,7 +40,7 @@ impl OutFrame {
     }
 
     /// The reference's accounting size: header plus payload.
-    fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         HEADER_SIZE + self.payload.len()
     }
 }
