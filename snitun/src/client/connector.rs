@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -203,7 +202,10 @@ async fn relay(mut channel: Channel, mut endpoint: TcpStream) -> RelayEnd {
     match &end {
         RelayEnd::ChannelClosed => {
             // The server closed the channel: FIN after everything it sent.
-            let _ = endpoint.shutdown().await;
+            // Closing the socket (below) sends it; a shutdown first would
+            // be one more system call per connection for the same packets
+            // (unread input resets the connection either way, and it has
+            // nowhere to go once the channel is closed).
         }
         RelayEnd::ChannelAborted(_) => {
             // Abortive close: the endpoint sees a reset, not a clean end.
