@@ -366,7 +366,6 @@ pub async fn run(args: RunArgs) -> Res<()> {
         aes_iv: hex(&claims.aes_iv),
         cipher: plan.cipher.clone(),
     };
-    let endpoint = crate::endpoint::spawn().await?;
     let hello = crate::wire::client_hello(HOSTNAME);
 
     eprintln!(
@@ -385,6 +384,12 @@ pub async fn run(args: RunArgs) -> Res<()> {
     let mut live = Vec::new();
     for topology in &selected {
         eprintln!("starting {}", topology.label);
+        // An endpoint of its own: the connection workloads leave thousands
+        // of sockets in TIME_WAIT towards the endpoint, and with one shared
+        // endpoint every topology's connect() had to search past the
+        // others' (28,000 ephemeral ports, about 12,000 new connections to
+        // it per round), so whoever ran after a busy variant paid for it.
+        let endpoint = crate::endpoint::spawn().await?;
         live.push(start(*topology, &programs, endpoint, &keys, &creds).await?);
     }
     // Let every process settle before the idle figures.
