@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
-use snitun::crypto::{Cipher, Role};
+use snitun::crypto::{Cipher, CipherState, Role};
 use snitun::handshake::{HandshakeConfig, client_handshake, server_handshake};
 use snitun::mux::{ChannelId, Flow, FrameHeader, LinkEnd, Multiplexer, MuxConfig};
 use snitun::token::{FernetKey, KeyRing, TokenClaims};
@@ -24,11 +24,16 @@ use tokio::time::timeout;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// A server-side and a client-side multiplexer over loopback TCP.
-async fn link_pair(cipher: Cipher, version: u8, config: MuxConfig) -> (Multiplexer, Multiplexer) {
+/// One end of a handshaken link: its stream, cipher state and protocol
+/// version.
+type End = (TcpStream, CipherState, u8);
+
+/// A TCP pair over loopback after a successful handshake: (server, client).
+async fn handshaken(cipher: Cipher, version: u8) -> (End, End) {
     let keys = KeyRing::new(vec![FernetKey::generate()]).unwrap();
-    let mut claims = TokenClaims::new("device.test", Duration::from_secs(600));
-    claims.cipher = cipher;
-    claims.protocol_version = version;
+    let claims = TokenClaims::new("device.test", Duration::from_secs(600))
+        .with_cipher(cipher)
+        .with_protocol_version(version);
     let token = keys.mint(&claims);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -39,13 +44,7 @@ async fn link_pair(cipher: Cipher, version: u8, config: MuxConfig) -> (Multiplex
         let (peer, state) = server_handshake(&mut stream, BytesMut::new(), &keys, &hs)
             .await
             .unwrap();
-        Multiplexer::new(
-            stream,
-            state,
-            peer.protocol_version,
-            Role::Responder,
-            config.clone(),
-        )
+        (stream, state, peer.protocol_version)
     };
     let client = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -60,11 +59,25 @@ async fn link_pair(cipher: Cipher, version: u8, config: MuxConfig) -> (Multiplex
         )
         .await
         .unwrap();
-        Multiplexer::new(stream, state, version, Role::Initiator, config.clone())
+        (stream, state, version)
     };
     timeout(LIMIT, async { tokio::join!(server, client) })
         .await
         .unwrap()
+}
+
+async fn link_pair(cipher: Cipher, version: u8, config: MuxConfig) -> (Multiplexer, Multiplexer) {
+    let ((s_stream, s_state, s_version), (c_stream, c_state, c_version)) =
+        handshaken(cipher, version).await;
+    let server = Multiplexer::new(
+        s_stream,
+        s_state,
+        s_version,
+        Role::Responder,
+        config.clone(),
+    );
+    let client = Multiplexer::new(c_stream, c_state, c_version, Role::Initiator, config);
+    (server, client)
 }
 
 #[tokio::test]
@@ -216,46 +229,11 @@ async fn raw_client(
     version: u8,
     config: MuxConfig,
 ) -> (Multiplexer, TcpStream, snitun::mux::FrameEncoder) {
-    let keys = KeyRing::new(vec![FernetKey::generate()]).unwrap();
-    let claims = TokenClaims::new("device.test", Duration::from_secs(600))
-        .with_cipher(cipher)
-        .with_protocol_version(version);
-    let token = keys.mint(&claims);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hs = HandshakeConfig::default();
-    let server = async {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let (peer, state) = server_handshake(&mut stream, BytesMut::new(), &keys, &hs)
-            .await
-            .unwrap();
-        Multiplexer::new(
-            stream,
-            state,
-            peer.protocol_version,
-            Role::Responder,
-            config,
-        )
-    };
-    let client = async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let state = client_handshake(
-            &mut stream,
-            token.as_bytes(),
-            cipher,
-            &claims.aes_key,
-            &claims.aes_iv,
-            &hs,
-        )
-        .await
-        .unwrap();
-        let (encryptor, _) = state.split();
-        (stream, snitun::mux::FrameEncoder::new(encryptor))
-    };
-    let (server, (stream, encoder)) = timeout(LIMIT, async { tokio::join!(server, client) })
-        .await
-        .unwrap();
-    (server, stream, encoder)
+    let ((s_stream, s_state, s_version), (c_stream, c_state, _)) =
+        handshaken(cipher, version).await;
+    let server = Multiplexer::new(s_stream, s_state, s_version, Role::Responder, config);
+    let (encryptor, _) = c_state.split();
+    (server, c_stream, snitun::mux::FrameEncoder::new(encryptor))
 }
 
 #[tokio::test]
@@ -562,55 +540,16 @@ impl tokio::io::AsyncWrite for CountingWrites {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn small_frames_of_tasks_ready_together_share_a_write() {
     const CHANNELS: usize = 20;
-    let keys = KeyRing::new(vec![FernetKey::generate()]).unwrap();
-    let claims = TokenClaims::new("device.test", Duration::from_secs(600));
-    let token = keys.mint(&claims);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let ((s_stream, s_state, s_version), (c_stream, c_state, c_version)) =
+        handshaken(Cipher::AesCbc, 2).await;
     let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let hs = HandshakeConfig::default();
-    let server = async {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let (peer, state) = server_handshake(&mut stream, BytesMut::new(), &keys, &hs)
-            .await
-            .unwrap();
-        let counted = CountingWrites {
-            inner: stream,
-            writes: writes.clone(),
-        };
-        let config = MuxConfig::default();
-        Multiplexer::new(
-            counted,
-            state,
-            peer.protocol_version,
-            Role::Responder,
-            config,
-        )
+    let counted = CountingWrites {
+        inner: s_stream,
+        writes: writes.clone(),
     };
-    let client = async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let state = client_handshake(
-            &mut stream,
-            token.as_bytes(),
-            claims.cipher,
-            &claims.aes_key,
-            &claims.aes_iv,
-            &hs,
-        )
-        .await
-        .unwrap();
-        let version = claims.protocol_version;
-        Multiplexer::new(
-            stream,
-            state,
-            version,
-            Role::Initiator,
-            MuxConfig::default(),
-        )
-    };
-    let (server, client) = timeout(LIMIT, async { tokio::join!(server, client) })
-        .await
-        .unwrap();
+    let config = MuxConfig::default();
+    let server = Multiplexer::new(counted, s_state, s_version, Role::Responder, config.clone());
+    let client = Multiplexer::new(c_stream, c_state, c_version, Role::Initiator, config);
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         channels.push(server.open_channel("192.0.2.1".parse().unwrap()).unwrap());
