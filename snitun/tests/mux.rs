@@ -593,3 +593,33 @@ async fn small_frames_of_tasks_ready_together_share_a_write() {
         "{CHANNELS} small frames made ready together took {used} writes"
     );
 }
+
+#[tokio::test]
+async fn a_short_channel_paused_by_a_low_watermark_peer_waits_for_resume() {
+    // A peer set to pause far below the usual 2 MiB: even a short channel
+    // must not send CLOSE while paused.
+    let config = MuxConfig {
+        incoming_high_watermark: 8 * 1024,
+        incoming_low_watermark: 4 * 1024,
+        ..MuxConfig::default()
+    };
+    let (server, client) = link_pair(Cipher::AesGcm, 2, config).await;
+    let mut up = server.open_channel("192.0.2.1".parse().unwrap()).unwrap();
+    let mut down = client.accept().await.unwrap();
+    let data = pattern(32 * 1024, 9);
+    up.write_all(&data).await.unwrap();
+    let closer = tokio::spawn(async move {
+        up.close_after_delivery(Duration::from_secs(20)).await;
+        up
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(down.pause_sent(), "the unread data should have paused us");
+    assert!(!closer.is_finished(), "CLOSE went out while paused");
+    let mut got = Vec::new();
+    timeout(LIMIT, down.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, data);
+    let _up = timeout(LIMIT, closer).await.unwrap().unwrap();
+}

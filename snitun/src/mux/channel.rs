@@ -425,8 +425,12 @@ impl Channel {
                 // No pause to wait out, so no ping round trip (two link
                 // frames per short connection). CLOSE still waits the
                 // grace: a device's answer to a caller's half-close needs
-                // time to arrive before CLOSE ends the channel.
+                // time to arrive before CLOSE ends the channel. A peer set
+                // to pause below 64 KiB is still waited out.
                 tokio::time::sleep(SETTLE_GRACE).await;
+                while link.out().remote_paused(id) {
+                    tokio::time::sleep(SETTLE_POLL).await;
+                }
                 return;
             }
             // Our frames must be on the wire before the ping, which would
