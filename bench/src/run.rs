@@ -189,6 +189,12 @@ impl Live {
         self.samples.entry(metric).or_default().push(value);
     }
 
+    /// Server, client and this process's CPU seconds so far.
+    fn cpu_with_own(&self) -> Res<(f64, f64, f64)> {
+        let (server, client) = self.cpu()?;
+        Ok((server, client, procs::own_cpu_seconds()?))
+    }
+
     fn cpu(&self) -> Res<(f64, f64)> {
         let server = match &self.server {
             Some(s) => s.proc.cpu_seconds()?,
@@ -207,11 +213,9 @@ impl Live {
         bytes: u64,
         work: F,
     ) -> Res<T> {
-        let (s0, c0) = self.cpu()?;
-        let own0 = procs::own_cpu_seconds()?;
+        let (s0, c0, own0) = self.cpu_with_own()?;
         let out = limited(work).await?;
-        let (s1, c1) = self.cpu()?;
-        let own1 = procs::own_cpu_seconds()?;
+        let (s1, c1, own1) = self.cpu_with_own()?;
         self.round_cpu.0 += s1 - s0;
         self.round_cpu.1 += c1 - c0;
         self.round_cpu.2 += own1 - own0;
@@ -458,8 +462,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
         }
         for &i in order.iter().filter(|_| wants("connections")) {
             let Some(l) = live.get_mut(i) else { continue };
-            let (s0, c0) = l.cpu()?;
-            let own0 = procs::own_cpu_seconds()?;
+            let (s0, c0, own0) = l.cpu_with_own()?;
             let t = limited(load::connections(
                 l.addr,
                 &hello,
@@ -469,8 +472,7 @@ pub async fn run(args: RunArgs) -> Res<()> {
             ))
             .await
             .map_err(|e| format!("{} connections: {e}", l.topology.name))?;
-            let (s1, c1) = l.cpu()?;
-            let own1 = procs::own_cpu_seconds()?;
+            let (s1, c1, own1) = l.cpu_with_own()?;
             let per_connection = 1e6 / plan.connections as f64;
             l.push(Metric::ConnRate, plan.connections as f64 / t.as_secs_f64());
             if l.topology.path != Path::Direct {

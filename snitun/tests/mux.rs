@@ -393,18 +393,20 @@ async fn hundred_channels_at_once() {
     let _client = timeout(LIMIT, echo).await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn close_after_delivery_waits_out_a_pause() {
+/// Send `size` bytes to a receiver that pauses at `high` and reads nothing
+/// yet: `close_after_delivery` must hold CLOSE until the receiver has read
+/// it all (and resumed us), and nothing may be lost.
+async fn close_waits_out_a_pause(high: usize, low: usize, size: usize, seed: u8) {
     let config = MuxConfig {
-        incoming_high_watermark: 64 * 1024,
-        incoming_low_watermark: 16 * 1024,
+        incoming_high_watermark: high,
+        incoming_low_watermark: low,
         incoming_max_bytes: 8 * 1024 * 1024,
         ..MuxConfig::default()
     };
     let (server, client) = link_pair(Cipher::AesGcm, 2, config).await;
     let mut up = server.open_channel("192.0.2.1".parse().unwrap()).unwrap();
     let mut down = client.accept().await.unwrap();
-    let data = pattern(2 * 1024 * 1024, 6);
+    let data = pattern(size, seed);
     up.write_all(&data).await.unwrap();
     // Nobody reads yet: the receiver pauses us; CLOSE must wait for RESUME.
     let closer = tokio::spawn(async move {
@@ -421,6 +423,11 @@ async fn close_after_delivery_waits_out_a_pause() {
         .unwrap();
     assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
     let _up = timeout(LIMIT, closer).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn close_after_delivery_waits_out_a_pause() {
+    close_waits_out_a_pause(64 * 1024, 16 * 1024, 2 * 1024 * 1024, 6).await;
 }
 
 /// Bytes the link writes while `channel` settles and closes.
@@ -597,29 +604,6 @@ async fn small_frames_of_tasks_ready_together_share_a_write() {
 #[tokio::test]
 async fn a_short_channel_paused_by_a_low_watermark_peer_waits_for_resume() {
     // A peer set to pause far below the usual 2 MiB: even a short channel
-    // must not send CLOSE while paused.
-    let config = MuxConfig {
-        incoming_high_watermark: 8 * 1024,
-        incoming_low_watermark: 4 * 1024,
-        ..MuxConfig::default()
-    };
-    let (server, client) = link_pair(Cipher::AesGcm, 2, config).await;
-    let mut up = server.open_channel("192.0.2.1".parse().unwrap()).unwrap();
-    let mut down = client.accept().await.unwrap();
-    let data = pattern(32 * 1024, 9);
-    up.write_all(&data).await.unwrap();
-    let closer = tokio::spawn(async move {
-        up.close_after_delivery(Duration::from_secs(20)).await;
-        up
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(down.pause_sent(), "the unread data should have paused us");
-    assert!(!closer.is_finished(), "CLOSE went out while paused");
-    let mut got = Vec::new();
-    timeout(LIMIT, down.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, data);
-    let _up = timeout(LIMIT, closer).await.unwrap().unwrap();
+    // (32 KiB, under the no-ping threshold) must not send CLOSE while paused.
+    close_waits_out_a_pause(8 * 1024, 4 * 1024, 32 * 1024, 9).await;
 }

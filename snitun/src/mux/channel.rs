@@ -421,27 +421,21 @@ impl Channel {
             if link.protocol_version() < FLOW_CONTROL_MIN_VERSION {
                 return;
             }
-            if short {
-                // No pause to wait out, so no ping round trip (two link
-                // frames per short connection). CLOSE still waits the
-                // grace: a device's answer to a caller's half-close needs
-                // time to arrive before CLOSE ends the channel. A peer set
-                // to pause below 64 KiB is still waited out.
-                tokio::time::sleep(SETTLE_GRACE).await;
-                while link.out().remote_paused(id) {
+            if !short {
+                // Our frames must be on the wire before the ping, which
+                // would otherwise overtake them in the control lane.
+                while link.out().queued_bytes(id) > 0 {
                     tokio::time::sleep(SETTLE_POLL).await;
                 }
-                return;
+                if link.round_trip().await.is_err() {
+                    return;
+                }
             }
-            // Our frames must be on the wire before the ping, which would
-            // otherwise overtake them in the control lane.
-            while link.out().queued_bytes(id) > 0 {
-                tokio::time::sleep(SETTLE_POLL).await;
-            }
-            if link.round_trip().await.is_err() {
-                return;
-            }
-            // A PAUSE the peer queued for our last data may trail its pong.
+            // A short channel skips the round trip (two link frames per
+            // short connection): it cannot have been paused. Both wait the
+            // grace: a PAUSE the peer queued for our last data may trail
+            // its pong, and a device's answer to a caller's half-close
+            // needs time to arrive before CLOSE ends the channel.
             tokio::time::sleep(SETTLE_GRACE).await;
             while link.out().remote_paused(id) {
                 tokio::time::sleep(SETTLE_POLL).await;
