@@ -49,6 +49,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/** The version of libsnitun this header belongs to (semver). */
+#define SNITUN_VERSION_MAJOR 0
+#define SNITUN_VERSION_MINOR 1
+#define SNITUN_VERSION_PATCH 0
+/** The same as a string; snitun_version() returns the loaded library's. */
+#define SNITUN_VERSION "0.1.0"
+
 
 /**
  * A timeout argument meaning "no time limit".
@@ -409,7 +416,10 @@ extern "C" {
 
 /**
  * The library's version, for example `"0.1.0"`: a static NUL-terminated
- * string.
+ * string. It equals `SNITUN_VERSION` (and the `SNITUN_VERSION_MAJOR`,
+ * `_MINOR`, `_PATCH` macros) of the header the library was built with; a
+ * program compares them to learn whether it loaded the library it was
+ * compiled against.
  *
  * Thread-safe; does not block.
  */

@@ -1,4 +1,5 @@
-//! Generates the C header with cbindgen.
+//! Generates the C header with cbindgen, and gives the Linux shared library
+//! its soname.
 //!
 //! The header is written to `$OUT_DIR/snitun.h` on every build (so a build
 //! fails if cbindgen cannot read the API), and to the committed
@@ -8,24 +9,31 @@
 
 use std::path::PathBuf;
 
+#[path = "header.rs"]
+mod header;
+
 fn main() {
     let crate_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-changed=header.rs");
     println!("cargo:rerun-if-env-changed=SNITUN_UPDATE_HEADER");
 
-    let config = match cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")) {
-        Ok(config) => config,
-        Err(e) => panic!("reading cbindgen.toml: {e}"),
-    };
-    let bindings = match cbindgen::Builder::new()
-        .with_crate(&crate_dir)
-        .with_config(config)
-        .generate()
-    {
+    // rustc names no soname on a cdylib; without one, a program linked to
+    // `libsnitun.so` records that unversioned name and a distribution cannot
+    // install two ABI versions side by side. The soname carries the major
+    // version, which changes only when the C ABI breaks (VERSIONING.md).
+    // Only GNU-style ELF linkers take `-soname`.
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if os == "linux" {
+        let major = env!("CARGO_PKG_VERSION_MAJOR");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libsnitun.so.{major}");
+    }
+
+    let bindings = match header::generate(&crate_dir) {
         Ok(bindings) => bindings,
-        Err(e) => panic!("generating the C header: {e}"),
+        Err(e) => panic!("{e}"),
     };
     bindings.write_to_file(out_dir.join("snitun.h"));
 

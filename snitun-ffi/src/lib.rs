@@ -51,7 +51,10 @@ pub use token::*;
 pub const SNITUN_TIMEOUT_INFINITE: u64 = u64::MAX;
 
 /// The library's version, for example `"0.1.0"`: a static NUL-terminated
-/// string.
+/// string. It equals `SNITUN_VERSION` (and the `SNITUN_VERSION_MAJOR`,
+/// `_MINOR`, `_PATCH` macros) of the header the library was built with; a
+/// program compares them to learn whether it loaded the library it was
+/// compiled against.
 ///
 /// Thread-safe; does not block.
 #[unsafe(no_mangle)]

@@ -49,6 +49,12 @@ fn library_dir() -> PathBuf {
             profile_dir.display()
         );
     }
+    // A program linked to libsnitun.so records its soname, which is what
+    // the loader looks for; cargo writes only the unversioned file.
+    let soname = profile_dir.join(format!("libsnitun.so.{}", env!("CARGO_PKG_VERSION_MAJOR")));
+    if std::fs::symlink_metadata(&soname).is_err() {
+        let _ = std::os::unix::fs::symlink("libsnitun.so", &soname);
+    }
     profile_dir.to_path_buf()
 }
 
@@ -269,6 +275,16 @@ enum Runner {
 
 impl Runner {
     fn command(self, program: PathBuf) -> Command {
+        let mut command = self.command_for(program);
+        // A program finds libsnitun through the rpath it was linked with:
+        // the LD_LIBRARY_PATH cargo sets for tests would put
+        // target/<profile>'s library first, whatever the program was built
+        // against (a release tarball, say).
+        command.env_remove("LD_LIBRARY_PATH");
+        command
+    }
+
+    fn command_for(self, program: PathBuf) -> Command {
         match self {
             Runner::Direct => Command::new(program),
             Runner::Valgrind => {
@@ -489,6 +505,72 @@ fn pkg_config_file_builds_a_program() {
         printed.trim(),
         format!("libsnitun {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// `SNITUN_C_DIST=DIR`: DIR is an unpacked release tarball of the C library
+/// (scripts/dist, `c/snitun-VERSION-TRIPLE.tar.gz`) for this machine. The
+/// examples are built against it the two ways a user would, with
+/// pkg-config (examples/c/Makefile, `PKG_CONFIG=pkg-config`) and with
+/// CMake (`find_package(snitun)`, examples/c/CMakeLists.txt), shared and
+/// static, and each build runs a whole tunnel. scripts/dist-check sets the
+/// variable; without it there is no tarball to test and this says so.
+#[test]
+fn c_examples_against_the_release_tarball() {
+    let Some(prefix) = std::env::var_os("SNITUN_C_DIST").map(PathBuf::from) else {
+        eprintln!("SNITUN_C_DIST not set (scripts/dist-check sets it): skipped");
+        return;
+    };
+    let prefix = prefix.canonicalize().unwrap();
+    let pc_path = prefix.join("lib/pkgconfig");
+    let version = run(Command::new("pkg-config")
+        .env("PKG_CONFIG_PATH", &pc_path)
+        .args(["--modversion", "snitun"]));
+    assert_eq!(version.trim(), env!("CARGO_PKG_VERSION"));
+    let scratch = Scratch::new("c-release");
+    let echo_port = echo_endpoint();
+
+    let with_pkg_config = scratch.0.join("pkg-config");
+    std::fs::create_dir_all(&with_pkg_config).unwrap();
+    run(Command::new("make")
+        .arg("-C")
+        .arg(repo_dir().join("examples/c"))
+        .env("PKG_CONFIG_PATH", &pc_path)
+        .arg("PKG_CONFIG=pkg-config")
+        .arg(format!("OUT={}", with_pkg_config.display()))
+        .args(["shared", "static"]));
+
+    let with_cmake = scratch.0.join("cmake");
+    run(Command::new("cmake")
+        .arg("-S")
+        .arg(repo_dir().join("examples/c"))
+        .arg("-B")
+        .arg(&with_cmake)
+        .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+        .arg("-DCMAKE_BUILD_TYPE=Release"));
+    run(Command::new("cmake").arg("--build").arg(&with_cmake));
+
+    for bin in [&with_pkg_config, &with_cmake] {
+        // The shared programs load the tarball's library by its soname.
+        let needed = run(Command::new("ldd")
+            .env_remove("LD_LIBRARY_PATH")
+            .arg(bin.join("client")));
+        let soname = format!("libsnitun.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+        let loaded = needed
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(&format!("{soname} => ")))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|path| Path::new(path).canonicalize().ok());
+        assert_eq!(
+            loaded,
+            prefix.join("lib").join(&soname).canonicalize().ok(),
+            "{} does not load the tarball's {soname}:\n{needed}",
+            bin.join("client").display()
+        );
+        let needed = run(Command::new("ldd").arg(bin.join("client-static")));
+        assert!(!needed.contains("libsnitun"), "{needed}");
+        tunnel_through_the_c_programs(bin, "", echo_port, Runner::Direct);
+        tunnel_through_the_c_programs(bin, "-static", echo_port, Runner::Direct);
+    }
 }
 
 /// Compile tests/c/api_test.c against the header, linked to the shared

@@ -3,16 +3,13 @@
 
 use std::path::Path;
 
+#[path = "../header.rs"]
+mod header;
+
 #[test]
 fn header_is_up_to_date() {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
-        .expect("reading cbindgen.toml");
-    let bindings = cbindgen::Builder::new()
-        .with_crate(crate_dir)
-        .with_config(config)
-        .generate()
-        .expect("generating the header");
+    let bindings = header::generate(crate_dir).expect("generating the header");
     let fresh = std::env::temp_dir().join(format!("snitun-header-{}.h", std::process::id()));
     bindings.write_to_file(&fresh);
     let generated = std::fs::read_to_string(&fresh).expect("reading the generated header");

@@ -11,29 +11,11 @@ cd "$(dirname "$0")/../../.."
 root=$PWD
 target="${CARGO_TARGET_DIR:-$root/target}"
 
-find_python() { # version -> interpreter path
-  local want=$1 cand
-  for cand in "python$want" python3; do
-    if command -v "$cand" >/dev/null && "$cand" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$want'.split('.'))))"; then
-      command -v "$cand"; return 0
-    fi
-  done
-  if command -v pyenv >/dev/null; then
-    for cand in $(pyenv versions --bare 2>/dev/null | grep -E "^$want(\.|$)" | sort -rV); do
-      if [ -x "$(pyenv prefix "$cand")/bin/python" ]; then
-        echo "$(pyenv prefix "$cand")/bin/python"; return 0
-      fi
-    done
-  fi
-  return 1
-}
-
-py311="${SNITUN_PY311:-$(find_python 3.11 || true)}"
-py313="${SNITUN_PY313:-$(find_python 3.13 || true)}"
-if [ -z "$py311" ] || [ -z "$py313" ]; then
-  echo "bindings/python/scripts/test.sh: need CPython 3.11 and 3.13 (found: '${py311}' '${py313}')" >&2
-  exit 1
-fi
+. scripts/lib/prereqs.sh
+require_python 3.11 SNITUN_PY311
+require_python 3.13 SNITUN_PY313
+py311=$SNITUN_PY311
+py313=$SNITUN_PY313
 
 maturin_req='maturin>=1.16,<1.17'
 test_reqs=(pytest pytest-asyncio cryptography aiohttp)

@@ -110,6 +110,16 @@ static char fernet_key[SNITUN_FERNET_KEY_LEN + 1];
 static void test_general(void) {
     const char *version = snitun_version();
     CHECK(version != NULL && version[0] != '\0', "snitun_version empty");
+    /* The header's macros describe the library that was loaded. */
+    char want[64];
+    snprintf(want, sizeof want, "%d.%d.%d", SNITUN_VERSION_MAJOR,
+             SNITUN_VERSION_MINOR, SNITUN_VERSION_PATCH);
+    CHECK(version != NULL && strcmp(version, want) == 0,
+          "snitun_version() is %s, the header's macros say %s",
+          version ? version : "NULL", want);
+    CHECK(version != NULL && strcmp(version, SNITUN_VERSION) == 0,
+          "snitun_version() is %s, SNITUN_VERSION is %s",
+          version ? version : "NULL", SNITUN_VERSION);
     CHECK(strcmp(snitun_result_description(SNITUN_RESULT_OK), "") != 0,
           "no description for OK");
     CHECK(strcmp(snitun_result_description(9999), "unknown result code") == 0,

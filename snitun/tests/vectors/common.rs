@@ -9,12 +9,12 @@ use std::path::PathBuf;
 /// Outcome of one case: `Err` carries what differed.
 pub type CaseResult = Result<(), String>;
 
-/// The vectors directory: `$SNITUN_VECTORS`, else `../shared/vectors` from the
-/// repository root.
+/// The vectors directory: `$SNITUN_VECTORS`, else the copy kept in the
+/// repository (`tests/vectors/data`).
 pub fn vectors_dir() -> PathBuf {
     match std::env::var_os("SNITUN_VECTORS") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/data"),
     }
 }
 

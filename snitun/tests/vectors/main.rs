@@ -1,6 +1,6 @@
 //! Checks snitun against every case of every file of the reference
-//! implementation's test vectors (`$SNITUN_VECTORS`, default
-//! `../shared/vectors` from the repository root).
+//! implementation's test vectors (`$SNITUN_VECTORS`, default the copy in
+//! `tests/vectors/data`; see `tests/vectors/README.md`).
 //!
 //! A file this harness has no checker for, a case kind a checker does not
 //! understand, or a file with no cases fails the test: new vectors can never
