@@ -33,37 +33,33 @@ npm test
 step "tsc --noEmit test/types/usage.ts [$(elapsed)]"
 npm run --silent typecheck
 
-step "npm pack + install into a scratch folder [$(elapsed)]"
+step "pack as released (main + platform package) and install into a scratch folder [$(elapsed)]"
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/snitun-node-pack.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
-tarball=$(npm pack --silent --pack-destination "$scratch" | tail -n 1)
-contents=$(tar tzf "$scratch/$tarball")
-for file in index.js index.d.ts native.js native.d.ts package.json README.md; do
-  grep -qx "package/$file" <<<"$contents" || { echo "tarball lacks $file" >&2; exit 1; }
+# The same layout scripts/dist releases: snitun-rs (JS, no addon) with an
+# optional dependency on @snitun-rs/<platform> (the addon this build made).
+version=$(node -p 'require("./package.json").version')
+platform=$(node -p 'require("./platforms.js").currentName()')
+triple=$(node -p "require('./platforms.js').PLATFORMS.find((p) => p.name === '$platform').triple")
+node ../../scripts/lib/node-package.js main "$version" "$scratch/main"
+node ../../scripts/lib/node-package.js platform "$triple" "$version" "$scratch/platform" "snitun-rs.$platform.node"
+(cd "$scratch/main" && npm pack --silent --pack-destination "$scratch" >/dev/null)
+(cd "$scratch/platform" && npm pack --silent --pack-destination "$scratch" >/dev/null)
+main_tgz="snitun-rs-$version.tgz"
+platform_tgz="snitun-rs-$platform-$version.tgz"
+contents=$(tar tzf "$scratch/$main_tgz")
+for file in index.js index.d.ts native.js native.d.ts platforms.js package.json README.md LICENSE; do
+  grep -qx "package/$file" <<<"$contents" || { echo "$main_tgz lacks $file" >&2; exit 1; }
 done
-grep -qE '^package/snitun-rs\..*\.node$' <<<"$contents" || { echo "tarball lacks the .node addon" >&2; exit 1; }
-grep -qE '^package/(src|test|node_modules)/' <<<"$contents" && { echo "tarball carries sources or tests" >&2; exit 1; }
+grep -qE '\.node$' <<<"$contents" && { echo "$main_tgz carries an addon" >&2; exit 1; }
+grep -qE '^package/(src|test|node_modules)/' <<<"$contents" && { echo "$main_tgz carries sources or tests" >&2; exit 1; }
+grep -qx "package/snitun-rs.$platform.node" <<<"$(tar tzf "$scratch/$platform_tgz")" ||
+  { echo "$platform_tgz lacks the addon" >&2; exit 1; }
 (
   cd "$scratch"
   npm init -y >/dev/null
-  npm install --no-audit --no-fund --loglevel=error "./$tarball"
-  # shellcheck disable=SC2016
-  node -e '
-    const snitun = require("snitun-rs");
-    (async () => {
-      const fernetKey = snitun.generateFernetKey();
-      const server = new snitun.Server({ fernetKeys: [fernetKey], listen: "127.0.0.1:0" });
-      const { listen } = await server.start();
-      const t = snitun.generateToken({ fernetKey, hostname: "scratch.test" });
-      const client = new snitun.Client({ server: listen[0], token: t.token, aesKey: t.aesKey, aesIv: t.aesIv, endpoint: "127.0.0.1:9" });
-      await client.connect();
-      for (let i = 0; i < 500 && server.peers().length === 0; i++) await new Promise((r) => setTimeout(r, 10));
-      if (server.hostnames().join() !== "scratch.test") throw new Error("peer not registered: " + server.hostnames());
-      await client.disconnect();
-      await server.stop();
-      console.log("require(\"snitun-rs\") from the installed tarball: OK (exports: " + Object.keys(snitun).sort().join(", ") + ")");
-    })().catch((err) => { console.error(err); process.exit(1); });
-  '
+  npm install --no-audit --no-fund --loglevel=error "./$platform_tgz" "./$main_tgz"
+  node "$here/scripts/smoke.js" snitun-rs
   cp "$here/test/types/usage.ts" .
   cat >tsconfig.json <<JSON
 {
