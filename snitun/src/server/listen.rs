@@ -41,13 +41,24 @@ impl PortKind {
     }
 }
 
-/// Bind a listening TCP socket: `SO_REUSEADDR`, `IPV6_V6ONLY` for IPv6 (so
-/// `[::]` and `0.0.0.0` can both be bound on one port), a large backlog.
+/// Bind a listening TCP socket: `SO_REUSEADDR` (on Windows
+/// `SO_EXCLUSIVEADDRUSE` instead, see [`exclusive_address_use`]),
+/// `IPV6_V6ONLY` for IPv6 (so `[::]` and `0.0.0.0` can both be bound on one
+/// port), a large backlog.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let context = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(context)?;
+    // On Unix this lets a restarted server bind while connections of the
+    // previous one linger in TIME_WAIT (on Linux a second listener on the
+    // port still fails). Windows gives the same name another meaning: a
+    // socket that sets it may bind over a port another socket is listening
+    // on and take its connections. Windows rebinds over TIME_WAIT without
+    // it.
+    #[cfg(not(windows))]
     socket.set_reuse_address(true).map_err(context)?;
+    #[cfg(windows)]
+    exclusive_address_use(&socket).map_err(context)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(context)?;
     }
@@ -55,6 +66,61 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into()).map_err(context)?;
     socket.listen(LISTEN_BACKLOG).map_err(context)?;
     TcpListener::from_std(socket.into()).map_err(context)
+}
+
+/// Set `SO_EXCLUSIVEADDRUSE` on a socket that is not bound yet.
+///
+/// Why: Windows protects a listener that sets neither option only from
+/// other user accounts; any process of the same account could still bind
+/// the port with `SO_REUSEADDR` and silently receive some of the callers
+/// and peers meant for this server. With this option that bind
+/// fails instead, which is what a second listener gets on Linux.
+///
+/// The cost: while a connection accepted by an earlier listener on the
+/// port is still open (not merely in TIME_WAIT), a new listener cannot
+/// bind it, so a restart can fail with "address in use" until that
+/// connection ends. A clear error at start is preferred to a port that
+/// may be shared without anyone noticing.
+///
+/// socket2 has no setter for it, and the option is one integer: the
+/// Winsock call is declared here rather than adding a Windows API crate.
+#[cfg(windows)]
+fn exclusive_address_use(socket: &Socket) -> io::Result<()> {
+    use std::os::windows::io::AsRawSocket;
+
+    // Winsock's values (winsock2.h): SO_EXCLUSIVEADDRUSE is defined as the
+    // bitwise complement of SO_REUSEADDR (4).
+    const SOL_SOCKET: i32 = 0xffff;
+    const SO_EXCLUSIVEADDRUSE: i32 = !4;
+    const SOCKET_ERROR: i32 = -1;
+
+    #[link(name = "ws2_32")]
+    unsafe extern "system" {
+        fn setsockopt(s: usize, level: i32, optname: i32, optval: *const u8, optlen: i32) -> i32;
+        fn WSAGetLastError() -> i32;
+    }
+
+    let handle = usize::try_from(socket.as_raw_socket())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "socket handle out of range"))?;
+    let on: i32 = 1;
+    let len = i32::try_from(std::mem::size_of_val(&on)).unwrap_or(i32::MAX);
+    // SAFETY: `handle` is the open socket `socket` owns for the whole
+    // call; the option value is a live, readable int of `len` bytes.
+    let rc = unsafe {
+        setsockopt(
+            handle,
+            SOL_SOCKET,
+            SO_EXCLUSIVEADDRUSE,
+            std::ptr::from_ref(&on).cast(),
+            len,
+        )
+    };
+    if rc == SOCKET_ERROR {
+        // SAFETY: reads the calling thread's last Winsock error; no
+        // arguments.
+        return Err(io::Error::from_raw_os_error(unsafe { WSAGetLastError() }));
+    }
+    Ok(())
 }
 
 /// Errors that concern one connection only: the next accept may succeed

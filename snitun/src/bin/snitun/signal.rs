@@ -7,12 +7,22 @@
 
 use tracing::{info, warn};
 
-/// SIGINT (Ctrl-C) and SIGTERM, listened for since [`listen`].
+/// SIGINT (Ctrl-C) and SIGTERM, listened for since [`listen`]. Windows has
+/// no SIGTERM: there the console's Ctrl-C, Ctrl-Break, close and shutdown
+/// events stand for both.
 pub struct Shutdown {
     #[cfg(unix)]
     interrupt: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(windows)]
+    ctrl_c: Option<tokio::signal::windows::CtrlC>,
+    #[cfg(windows)]
+    ctrl_break: Option<tokio::signal::windows::CtrlBreak>,
+    #[cfg(windows)]
+    ctrl_close: Option<tokio::signal::windows::CtrlClose>,
+    #[cfg(windows)]
+    ctrl_shutdown: Option<tokio::signal::windows::CtrlShutdown>,
 }
 
 /// Install the handlers now (needs the runtime).
@@ -32,12 +42,34 @@ pub fn listen() -> Shutdown {
             terminate: install(SignalKind::terminate(), "SIGTERM"),
         }
     }
-    #[cfg(not(unix))]
-    Shutdown {}
+    // `tokio::signal::ctrl_c()` would only register its handler when first
+    // polled, leaving the default action (end the process at once) for an
+    // event that comes before: register every handler here, as on Unix.
+    // Ctrl-Break and closing the console window end the process by default
+    // too; a service host sends the shutdown event.
+    #[cfg(windows)]
+    {
+        use tokio::signal::windows;
+        fn install<T>(made: std::io::Result<T>, name: &str) -> Option<T> {
+            match made {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    warn!("cannot listen for {name}: {e}");
+                    None
+                }
+            }
+        }
+        Shutdown {
+            ctrl_c: install(windows::ctrl_c(), "Ctrl-C"),
+            ctrl_break: install(windows::ctrl_break(), "Ctrl-Break"),
+            ctrl_close: install(windows::ctrl_close(), "console close"),
+            ctrl_shutdown: install(windows::ctrl_shutdown(), "system shutdown"),
+        }
+    }
 }
 
 impl Shutdown {
-    /// Resolve on the next SIGINT or SIGTERM.
+    /// Resolve on the next SIGINT or SIGTERM (on Windows: console event).
     pub async fn recv(&mut self) {
         #[cfg(unix)]
         {
@@ -54,13 +86,35 @@ impl Shutdown {
                 () = next(&mut self.terminate) => info!("SIGTERM received, shutting down"),
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                warn!("cannot listen for Ctrl-C: {e}");
-                std::future::pending::<()>().await;
+            // Each event has its own listener type, with no common trait to
+            // write `next` above against. A listener that could not be
+            // installed never fires.
+            macro_rules! next {
+                ($event:expr) => {
+                    async {
+                        match $event {
+                            Some(event) => {
+                                event.recv().await;
+                            }
+                            None => std::future::pending().await,
+                        }
+                    }
+                };
             }
-            info!("Ctrl-C received, shutting down");
+            let Shutdown {
+                ctrl_c,
+                ctrl_break,
+                ctrl_close,
+                ctrl_shutdown,
+            } = self;
+            tokio::select! {
+                () = next!(ctrl_c) => info!("Ctrl-C received, shutting down"),
+                () = next!(ctrl_break) => info!("Ctrl-Break received, shutting down"),
+                () = next!(ctrl_close) => info!("console closed, shutting down"),
+                () = next!(ctrl_shutdown) => info!("system shutdown, shutting down"),
+            }
         }
     }
 }
