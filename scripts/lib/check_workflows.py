@@ -347,6 +347,14 @@ def check_ci() -> None:
 # --- release.yml ----------------------------------------------------------
 
 
+
+def publish_job_basics(job, where, why):
+    """A publish job waits for every build and may mint an OIDC token."""
+    if not set(BUILD_JOBS) <= needs(job):
+        fail(where, f"needs {sorted(needs(job))}, not all of {BUILD_JOBS}")
+    if not has_permission(job, "id-token", "write"):
+        fail(where, f"lacks `permissions: id-token: write` ({why})")
+
 def check_release(artifacts_ok: list[str], targets_ok: list[str]) -> list[str]:
     name = "release.yml"
     summary = []
@@ -435,10 +443,7 @@ def check_release(artifacts_ok: list[str], targets_ok: list[str]) -> list[str]:
     job = jobs.get("publish-pypi")
     if job:
         where = f"{name}: job publish-pypi"
-        if not set(BUILD_JOBS) <= needs(job):
-            fail(where, f"needs {sorted(needs(job))}, not all of {BUILD_JOBS}")
-        if not has_permission(job, "id-token", "write"):
-            fail(where, "lacks `permissions: id-token: write` (trusted publishing)")
+        publish_job_basics(job, where, "trusted publishing")
         env = job.get("environment")
         env_name = env.get("name") if isinstance(env, dict) else env
         if env_name != "pypi":
@@ -455,10 +460,7 @@ def check_release(artifacts_ok: list[str], targets_ok: list[str]) -> list[str]:
     job = jobs.get("publish-npm")
     if job:
         where = f"{name}: job publish-npm"
-        if not set(BUILD_JOBS) <= needs(job):
-            fail(where, f"needs {sorted(needs(job))}, not all of {BUILD_JOBS}")
-        if not has_permission(job, "id-token", "write"):
-            fail(where, "lacks `permissions: id-token: write` (npm provenance)")
+        publish_job_basics(job, where, "npm provenance")
         if not any((st.get("with") or {}).get("registry-url") for st in uses_of(job, "actions/setup-node")):
             fail(where, "actions/setup-node has no registry-url")
         tokens = [str((st.get("env") or {}).get("NODE_AUTH_TOKEN", "")) for st in steps(job)]

@@ -15,7 +15,6 @@
 //! the processes started here are stopped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
-
 #![cfg(unix)]
 
 use std::collections::HashMap;
