@@ -25,10 +25,16 @@ fn main() {
     // install two ABI versions side by side. The soname carries the major
     // version, which changes only when the C ABI breaks (VERSIONING.md).
     // Only GNU-style ELF linkers take `-soname`.
+    // macOS's equivalent is the install name, which the release tarball's
+    // libsnitun.MAJOR.dylib matches.
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    if os == "linux" {
-        let major = env!("CARGO_PKG_VERSION_MAJOR");
-        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libsnitun.so.{major}");
+    let major = env!("CARGO_PKG_VERSION_MAJOR");
+    match os.as_str() {
+        "linux" => println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libsnitun.so.{major}"),
+        "macos" => {
+            println!("cargo:rustc-cdylib-link-arg=-Wl,-install_name,@rpath/libsnitun.{major}.dylib")
+        }
+        _ => {}
     }
 
     let bindings = match header::generate(&crate_dir) {

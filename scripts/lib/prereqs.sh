@@ -13,7 +13,7 @@ require() {
 # pyenv's), or fail silently.
 find_python() {
   local want=$1 cand
-  for cand in "python$want" python3; do
+  for cand in "python$want" python3 python; do
     if command -v "$cand" >/dev/null 2>&1 &&
       "$cand" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$want'.split('.'))))" 2>/dev/null; then
       command -v "$cand"

@@ -82,25 +82,16 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// connection ends. A clear error at start is preferred to a port that
 /// may be shared without anyone noticing.
 ///
-/// socket2 has no setter for it, and the option is one integer: the
-/// Winsock call is declared here rather than adding a Windows API crate.
+/// socket2 has no setter for it, so the Winsock call comes from
+/// `windows-sys` (already what tokio and socket2 use on Windows).
 #[cfg(windows)]
 fn exclusive_address_use(socket: &Socket) -> io::Result<()> {
     use std::os::windows::io::AsRawSocket;
+    use windows_sys::Win32::Networking::WinSock::{
+        SO_EXCLUSIVEADDRUSE, SOCKET, SOCKET_ERROR, SOL_SOCKET, WSAGetLastError, setsockopt,
+    };
 
-    // Winsock's values (winsock2.h): SO_EXCLUSIVEADDRUSE is defined as the
-    // bitwise complement of SO_REUSEADDR (4).
-    const SOL_SOCKET: i32 = 0xffff;
-    const SO_EXCLUSIVEADDRUSE: i32 = !4;
-    const SOCKET_ERROR: i32 = -1;
-
-    #[link(name = "ws2_32")]
-    unsafe extern "system" {
-        fn setsockopt(s: usize, level: i32, optname: i32, optval: *const u8, optlen: i32) -> i32;
-        fn WSAGetLastError() -> i32;
-    }
-
-    let handle = usize::try_from(socket.as_raw_socket())
+    let handle = SOCKET::try_from(socket.as_raw_socket())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "socket handle out of range"))?;
     let on: i32 = 1;
     let len = i32::try_from(std::mem::size_of_val(&on)).unwrap_or(i32::MAX);
@@ -116,8 +107,7 @@ fn exclusive_address_use(socket: &Socket) -> io::Result<()> {
         )
     };
     if rc == SOCKET_ERROR {
-        // SAFETY: reads the calling thread's last Winsock error; no
-        // arguments.
+        // SAFETY: reads the calling thread's last Winsock error.
         return Err(io::Error::from_raw_os_error(unsafe { WSAGetLastError() }));
     }
     Ok(())
