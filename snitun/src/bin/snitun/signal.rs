@@ -25,21 +25,25 @@ pub struct Shutdown {
     ctrl_shutdown: Option<tokio::signal::windows::CtrlShutdown>,
 }
 
+/// A handler that could not be installed is logged, and never fires.
+fn installed<T>(made: std::io::Result<T>, name: &str) -> Option<T> {
+    match made {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            warn!("cannot listen for {name}: {e}");
+            None
+        }
+    }
+}
+
 /// Install the handlers now (needs the runtime).
 pub fn listen() -> Shutdown {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let install = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(signal) => Some(signal),
-            Err(e) => {
-                warn!("cannot listen for {name}: {e}");
-                None
-            }
-        };
         Shutdown {
-            interrupt: install(SignalKind::interrupt(), "SIGINT"),
-            terminate: install(SignalKind::terminate(), "SIGTERM"),
+            interrupt: installed(signal(SignalKind::interrupt()), "SIGINT"),
+            terminate: installed(signal(SignalKind::terminate()), "SIGTERM"),
         }
     }
     // `tokio::signal::ctrl_c()` would only register its handler when first
@@ -50,20 +54,11 @@ pub fn listen() -> Shutdown {
     #[cfg(windows)]
     {
         use tokio::signal::windows;
-        fn install<T>(made: std::io::Result<T>, name: &str) -> Option<T> {
-            match made {
-                Ok(event) => Some(event),
-                Err(e) => {
-                    warn!("cannot listen for {name}: {e}");
-                    None
-                }
-            }
-        }
         Shutdown {
-            ctrl_c: install(windows::ctrl_c(), "Ctrl-C"),
-            ctrl_break: install(windows::ctrl_break(), "Ctrl-Break"),
-            ctrl_close: install(windows::ctrl_close(), "console close"),
-            ctrl_shutdown: install(windows::ctrl_shutdown(), "system shutdown"),
+            ctrl_c: installed(windows::ctrl_c(), "Ctrl-C"),
+            ctrl_break: installed(windows::ctrl_break(), "Ctrl-Break"),
+            ctrl_close: installed(windows::ctrl_close(), "console close"),
+            ctrl_shutdown: installed(windows::ctrl_shutdown(), "system shutdown"),
         }
     }
 }
